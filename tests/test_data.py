@@ -1,0 +1,93 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from handbone.classes import CLASSES, CLASS_TO_INDEX, NUM_CLASSES
+from handbone.data import DataError, index_data_root, rasterize, read_image
+from handbone.metrics import dice_per_class
+
+
+def test_class_order_matches_competition():
+    assert NUM_CLASSES == 29
+    assert CLASSES[0] == "finger-1" and CLASSES[18] == "finger-19"
+    assert CLASSES[19:] == ["Trapezium", "Trapezoid", "Capitate", "Hamate", "Scaphoid", "Lunate",
+                            "Triquetrum", "Pisiform", "Radius", "Ulna"]
+
+
+def test_rasterize_known_rectangle_and_triangle():
+    annotations = [
+        {"label": "Radius", "points": [[2, 1], [5, 1], [5, 3], [2, 3]]},
+        {"label": "finger-1", "points": [[0, 0], [4, 0], [0, 4]]},
+    ]
+    mask = rasterize(annotations, 6, 8)
+    assert mask.shape == (29, 6, 8)
+    radius = mask[CLASS_TO_INDEX["Radius"]]
+    expected = np.zeros((6, 8), np.uint8)
+    expected[1:4, 2:6] = 1  # polygon vertices are included, as in cv2.fillPoly
+    assert np.array_equal(radius, expected)
+    triangle = mask[CLASS_TO_INDEX["finger-1"]]
+    assert triangle[0, 0] == 1 and triangle[0, 4] == 1 and triangle[4, 0] == 1
+    assert triangle[4, 4] == 0 and triangle.sum() == 15  # 5+4+3+2+1 pixels
+    # Multi-label: the overlap keeps both classes.
+    assert radius[1, 2] == 1 and triangle[1, 2] == 1
+    assert mask.sum(axis=(1, 2))[[i for i in range(29) if CLASSES[i] not in ("Radius", "finger-1")]].sum() == 0
+
+
+def test_dice_matches_competition_definition():
+    truth = np.zeros((2, 4, 4), np.uint8)
+    prediction = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2] = 1  # 8 pixels
+    prediction[0, :1] = 1  # 4 pixels, all inside
+    dice = dice_per_class(prediction, truth)
+    assert dice[0] == pytest.approx((2 * 4 + 1e-4) / (4 + 8 + 1e-4))
+    assert dice[1] == 1.0  # both empty
+
+
+def _write_root(root, label_points=None, label=True):
+    image_dir = root / "train" / "DCM" / "ID001"
+    label_dir = root / "train" / "outputs_json" / "ID001"
+    test_dir = root / "test" / "DCM" / "ID002"
+    for folder in (image_dir, label_dir, test_dir):
+        folder.mkdir(parents=True)
+    cv2.imwrite(str(image_dir / "a.png"), np.zeros((10, 12), np.uint8))
+    cv2.imwrite(str(test_dir / "t.png"), np.zeros((10, 12), np.uint8))
+    if label:
+        points = label_points or [[1, 1], [5, 1], [5, 5]]
+        (label_dir / "a.json").write_text(json.dumps({"annotations": [{"label": "Radius", "points": points}]}))
+
+
+def test_index_lists_images_with_person_and_size(tmp_path):
+    _write_root(tmp_path)
+    index = index_data_root(tmp_path)
+    assert list(index["split"]) == ["train", "test"]
+    assert list(index["person_id"]) == ["ID001", "ID002"]
+    assert list(index[["height", "width"]].iloc[0]) == [10, 12]
+
+
+def test_index_names_missing_label_file(tmp_path):
+    _write_root(tmp_path, label=False)
+    with pytest.raises(DataError, match=r"a\.png: no label file"):
+        index_data_root(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [([[1, 1], [5, 1]], "at least 3"), ([[1, 1], [50, 1], [5, 5]], "outside"), ([[1, 1], ["x", 1], [5, 5]], "not numbers")],
+)
+def test_index_rejects_bad_polygons(tmp_path, points, message):
+    _write_root(tmp_path, label_points=points)
+    with pytest.raises(DataError, match=message) as error:
+        index_data_root(tmp_path)
+    assert "a.json" in str(error.value)
+
+
+def test_read_image_accepts_16_bit_and_rgb(tmp_path):
+    gray16 = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    assert np.array_equal(read_image(tmp_path / "g16.png"), (gray16 >> 8).astype(np.uint8))
+    rgb = np.full((4, 5, 3), 100, np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
+    image = read_image(tmp_path / "rgb.png")
+    assert image.shape == (4, 5) and int(image[0, 0]) == 100

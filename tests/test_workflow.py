@@ -1,0 +1,94 @@
+"""The real Snakefile run by the real snakemake command on a tiny data set."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from handbone.submission import validate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = {
+    "synthetic": {"train_people": 4, "test_people": 1, "image_size": 128, "seed": 5},
+    "cv": {"folds": 2},
+    "train": {"input_size": 64, "epochs": 1, "batch_size": 2, "val_every": 1, "warmup_epochs": 0},
+    "models": {
+        "tiny": {
+            "arch": "Unet",
+            "encoder": "tu-mobilenetv3_small_050",
+            "encoder_weights": None,
+            "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+        }
+    },
+}
+
+
+def snakemake(workdir, *arguments, check=True):
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(workdir / "tiny.yaml"), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def planned_jobs(output):
+    """The job counts table that `snakemake -n` prints, as {rule: count}."""
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_whole_chain_writes_a_valid_submission(finished_run):
+    results = finished_run / "results"
+    index = pd.read_csv(results / "index" / "index.csv")
+    test = index[index["split"] == "test"]
+    sizes = {name: (h, w) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
+    assert validate(results / "submission.csv", sizes) == 2
+    for fold in (0, 1):
+        assert (results / "models" / "tiny" / f"fold{fold}" / "model.pt").is_file()
+    assert len(list((results / "predictions" / "tiny" / "test").glob("*.npz"))) == 2
+    holdout = json.loads((results / "scores" / "holdout.json").read_text())
+    assert 0.0 <= holdout["mean_dice"] <= 1.0 and holdout["images"] == 2
+    cv = pd.read_csv(results / "cv" / "cv_scores.csv")
+    assert list(cv["fold"].astype(str)) == ["0", "1", "mean"]
+    assert (results / "logs" / "train" / "tiny" / "fold0.log").is_file()
+    assert (results / "benchmarks" / "train" / "tiny" / "fold0.tsv").is_file()
+
+
+def test_finished_run_has_nothing_left_to_do(finished_run):
+    result = snakemake(finished_run, "-n", "--cores", "24", "--resources", "gpu=3")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
+    result = snakemake(finished_run, "-n", "--cores", "2", "--config", "postprocess={'threshold': 0.4}")
+    assert planned_jobs(result.stdout) == {"all": "1", "score_demo": "1", "submission": "1", "total": "3"}
+
+
+def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    laptop = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2").stdout)
+    server = planned_jobs(snakemake(tmp_path, "-n", "--cores", "24", "--resources", "gpu=3").stdout)
+    assert laptop == server
+    assert laptop["train"] == "2" and laptop["predict_test"] == "1"
+
+
+def test_typo_in_config_is_named(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY_CONFIG, "cv": {"fold": 2}}))
+    result = snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "fold" in result.stdout + result.stderr

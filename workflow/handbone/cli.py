@@ -1,0 +1,258 @@
+"""The ``handbone`` command: one subcommand per stage of the workflow.
+
+The Snakemake rules call these subcommands; a person can run any stage by
+hand with the same code (``snakemake -n -p`` prints the exact commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("handbone")
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+def cmd_demo_data(args) -> None:
+    from .synthetic import SyntheticConfig, generate
+
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
+    out = generate(args.out, SyntheticConfig(**values), progress=_progress(args))
+    log.info("synthetic data set written to %s (data root: %s)", out, out / "data")
+
+
+def cmd_index(args) -> None:
+    from .atomic import atomic_path
+    from .data import index_data_root
+
+    index = index_data_root(args.data_root)
+    with atomic_path(args.out) as temporary:
+        index.to_csv(temporary, index=False)
+    counts = index["split"].value_counts().to_dict()
+    log.info("indexed %s: %d train, %d test images -> %s", args.data_root, counts.get("train", 0), counts.get("test", 0), args.out)
+
+
+def cmd_eda(args) -> None:
+    from .atomic import atomic_path
+    from .data import read_index
+    from .eda import summarize
+
+    class_stats, image_stats = summarize(read_index(args.index), progress=_progress(args))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in (("class_stats.csv", class_stats), ("image_stats.csv", image_stats)):
+        with atomic_path(out / name) as temporary:
+            table.to_csv(temporary, index=False, float_format="%.6g")
+    log.info("EDA tables written to %s", out)
+
+
+def cmd_split(args) -> None:
+    from .atomic import atomic_path
+    from .data import read_index
+    from .splits import make_folds
+
+    folds = make_folds(read_index(args.index), args.folds)
+    with atomic_path(args.out) as temporary:
+        folds.to_csv(temporary, index=False)
+    log.info("%d folds over %d people -> %s", args.folds, folds["person_id"].nunique(), args.out)
+
+
+def cmd_preprocess(args) -> None:
+    from .preprocess import build_cache
+
+    build_cache(args.index, args.out, args.options, progress=_progress(args))
+    log.info("preprocessing cache written to %s", args.out)
+
+
+def cmd_train(args) -> None:
+    from .devices import torch_device
+    from .train import train_fold
+
+    device = torch_device(args.threads)
+    log.info("training fold %d of %s on %s", args.fold, args.model_spec, device)
+    workers = max(0, args.threads - 1) if device.type == "cuda" else 0
+    metrics = train_fold(
+        args.cache, args.folds, args.fold, args.model_spec, args.options, args.out_dir, device, workers, _progress(args)
+    )
+    log.info("fold %d: best validation Dice %.4f at epoch %d", args.fold, metrics["val_dice"], metrics["best_epoch"])
+
+
+def cmd_predict(args) -> None:
+    from .devices import torch_device
+    from .predict import predict_split
+
+    device = torch_device(args.threads)
+    predict_split(
+        args.index, args.checkpoints, args.out_dir, args.preprocess, device, args.split, args.hflip, _progress(args)
+    )
+    log.info("probability maps written to %s", args.out_dir)
+
+
+def cmd_ensemble(args) -> None:
+    from .ensemble import mean_ensemble
+
+    mean_ensemble(args.inputs, args.out_dir, progress=_progress(args))
+    log.info("ensemble of %d model(s) written to %s", len(args.inputs), args.out_dir)
+
+
+def cmd_submit(args) -> None:
+    from .ensemble import write_submission
+
+    write_submission(args.probabilities, args.index, args.out, args.threshold, progress=_progress(args))
+    _validate(args.out, args.index)
+
+
+def _validate(path, index_path) -> None:
+    from .data import read_index
+    from .submission import validate
+
+    sizes = None
+    if index_path:
+        test = read_index(index_path, "test")
+        sizes = {name: (int(h), int(w)) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
+    images = validate(path, sizes)
+    log.info("%s is a valid submission (%d images, %d rows)", path, images, images * 29)
+
+
+def cmd_validate_submission(args) -> None:
+    _validate(args.submission, args.index)
+
+
+def cmd_cv_summary(args) -> None:
+    from .atomic import atomic_path
+    from .metrics import cv_table
+
+    table = cv_table(args.metrics)
+    with atomic_path(args.out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    for model, group in table[table["fold"] != "mean"].groupby("model"):
+        log.info("%s: cross-validation Dice %.4f over %d fold(s)", model, group["val_dice"].mean(), len(group))
+
+
+def cmd_score(args) -> None:
+    from .atomic import atomic_path
+    from .data import read_index
+    from .metrics import score_submission, summarize
+
+    per_image = score_submission(args.submission, args.ground_truth, read_index(args.index, "test"))
+    per_class, mean = summarize(per_image)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "holdout_per_image.csv") as temporary:
+        per_image.to_csv(temporary, float_format="%.6f")
+    with atomic_path(out / "holdout_per_class.csv") as temporary:
+        per_class.to_csv(temporary, index=False, float_format="%.6f")
+    with atomic_path(out / "holdout.json") as temporary:
+        temporary.write_text(json.dumps({"mean_dice": mean, "images": len(per_image)}, indent=2) + "\n")
+    log.info("held-out mean Dice %.4f over %d images", mean, len(per_image))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .synthetic import SyntheticConfig
+
+    parser = argparse.ArgumentParser(prog="handbone", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, function, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = command("demo-data", cmd_demo_data, "write the synthetic hand X-ray data set")
+    sub.add_argument("--out", required=True, help="output folder (gets data/ and ground_truth/)")
+    for field in dataclasses.fields(SyntheticConfig):
+        sub.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default), default=field.default)
+
+    sub = command("index", cmd_index, "index and validate a data root in the competition layout")
+    sub.add_argument("--data-root", required=True)
+    sub.add_argument("--out", required=True, help="index CSV to write")
+
+    sub = command("eda", cmd_eda, "per-class and per-image statistics")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--out-dir", required=True)
+
+    sub = command("split", cmd_split, "cross-validation folds grouped by person ID")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--folds", type=int, default=5)
+    sub.add_argument("--out", required=True)
+
+    sub = command("preprocess", cmd_preprocess, "build the preprocessing cache of the training images")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--options", type=_json, default={}, help='preprocessing options as JSON, e.g. \'{"clahe": {"enabled": true}}\'')
+    sub.add_argument("--out", required=True, help="cache folder")
+
+    sub = command("train", cmd_train, "train one model on one fold")
+    sub.add_argument("--cache", required=True)
+    sub.add_argument("--folds", required=True, help="folds CSV")
+    sub.add_argument("--fold", type=int, required=True)
+    sub.add_argument("--model-spec", type=_json, required=True, help='JSON, e.g. \'{"arch": "Unet", "encoder": "resnet18"}\'')
+    sub.add_argument("--options", type=_json, default={}, help="training options as JSON (config.yaml's train section)")
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("predict", cmd_predict, "probability maps of a split's images from one or more checkpoints")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--checkpoints", nargs="+", required=True)
+    sub.add_argument("--preprocess", type=_json, default={}, help="preprocessing options as JSON (as for training)")
+    sub.add_argument("--split", default="test", choices=["train", "test"])
+    sub.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True, help="horizontal-flip TTA")
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("ensemble", cmd_ensemble, "mean of several models' probability maps")
+    sub.add_argument("--inputs", nargs="+", required=True, help="folders of .npz maps, one per model")
+    sub.add_argument("--out-dir", required=True)
+
+    sub = command("submit", cmd_submit, "threshold probability maps and write a validated submission CSV")
+    sub.add_argument("--probabilities", required=True, help="folder of .npz maps")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--threshold", type=float, default=0.5)
+    sub.add_argument("--out", required=True)
+
+    sub = command("validate-submission", cmd_validate_submission, "check a submission CSV")
+    sub.add_argument("submission")
+    sub.add_argument("--index", help="index CSV: also check every test image is present and runs fit its size")
+
+    sub = command("cv-summary", cmd_cv_summary, "table of the folds' validation Dice per model and class")
+    sub.add_argument("--metrics", nargs="+", required=True, help="metrics.json files written by train")
+    sub.add_argument("--out", required=True)
+
+    sub = command("score", cmd_score, "Dice of a submission against ground-truth labels")
+    sub.add_argument("--submission", required=True)
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--ground-truth", required=True, help="folder with outputs_json/ID###/<stem>.json")
+    sub.add_argument("--out-dir", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .submission import SubmissionError
+
+    try:
+        args.function(args)
+    except (DataError, SubmissionError, ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The data layer: reading images and labels, indexing a data root, masks.
+
+A data root has the competition layout::
+
+    train/DCM/ID###/<stem>.png
+    train/outputs_json/ID###/<stem>.json
+    test/DCM/ID###/<stem>.png
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .classes import CLASS_TO_INDEX, NUM_CLASSES
+
+INDEX_COLUMNS = ["split", "person_id", "image_name", "image_path", "label_path", "height", "width"]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file(s) and the problem."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a PNG as a 2-D uint8 grayscale array.
+
+    16-bit images are scaled to 8 bits; RGB(A) and palette images are turned
+    into luminance, so every PNG mode the competition could hold is accepted.
+    """
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None or data.size == 0:
+        raise DataError(f"{path}: image file is missing or empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"{path}: not a readable image (corrupt or truncated?)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image, read from its header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # PIL raises many types for bad files
+        raise DataError(f"{path}: not a readable image ({error})") from None
+    return height, width
+
+
+def read_annotations(path: str | Path) -> list[dict]:
+    """Read a label file: a list of {"label", "points"} dicts, checked for schema."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read label file ({error})") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: label file is not valid JSON ({error})") from None
+    annotations = document.get("annotations") if isinstance(document, dict) else None
+    if not isinstance(annotations, list):
+        raise DataError(f"{path}: label file has no 'annotations' list")
+    for number, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict) or "label" not in annotation or "points" not in annotation:
+            raise DataError(f"{path}: annotation {number} lacks 'label' or 'points'")
+    return annotations
+
+
+def check_annotations(path: str | Path, annotations: list[dict], height: int, width: int) -> list[str]:
+    """Problems with the annotations of one image, each naming the file."""
+    problems = []
+    for number, annotation in enumerate(annotations):
+        label = annotation["label"]
+        where = f"{path}: annotation {number} ({label!r})"
+        if label not in CLASS_TO_INDEX:
+            problems.append(f"{where}: unknown class name")
+            continue
+        points = annotation["points"]
+        try:
+            array = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: points are not numbers")
+            continue
+        if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+            problems.append(f"{where}: points are not a list of [x, y] numbers")
+        elif len(array) < 3:
+            problems.append(f"{where}: polygon has {len(array)} points, at least 3 are needed")
+        elif polygon_area(array) == 0:
+            problems.append(f"{where}: polygon has zero area")
+        elif (array < -0.5).any() or (array[:, 0] > width - 0.5).any() or (array[:, 1] > height - 0.5).any():
+            problems.append(f"{where}: polygon lies partly outside the {width}x{height} image")
+    return problems
+
+
+def polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def rasterize(annotations: list[dict], height: int, width: int) -> np.ndarray:
+    """A (29, height, width) uint8 multi-label mask from polygon annotations.
+
+    Each class's polygons are filled into its own channel, so overlapping
+    bones keep both labels. Unknown labels are ignored (the index rejects them).
+    """
+    mask = np.zeros((NUM_CLASSES, height, width), dtype=np.uint8)
+    for annotation in annotations:
+        index = CLASS_TO_INDEX.get(annotation["label"])
+        if index is None:
+            continue
+        points = np.round(np.asarray(annotation["points"], dtype=np.float64)).astype(np.int32)
+        cv2.fillPoly(mask[index], [points.reshape(-1, 1, 2)], 1)
+    return mask
+
+
+def _person_id(path: Path, split: str, root: Path) -> str:
+    parts = path.relative_to(root / split).parts
+    # train/DCM/ID001/x.png -> parts = ("DCM", "ID001", "x.png")
+    return parts[1] if len(parts) == 3 else ""
+
+
+def index_data_root(root: str | Path) -> pd.DataFrame:
+    """Index a data root in the competition layout and validate it.
+
+    Raises DataError listing every problem found (each naming its file), so a
+    user can fix a data set in one pass instead of one error per run.
+    """
+    root = Path(root)
+    if not (root / "train" / "DCM").is_dir():
+        raise DataError(f"{root}: not a data root (no train/DCM folder; see README, 'Use your own data')")
+    problems: list[str] = []
+    rows = []
+    for split in ("train", "test"):
+        image_dir = root / split / "DCM"
+        images = sorted(image_dir.glob("*/*.png")) if image_dir.is_dir() else []
+        if split == "test" and not images:
+            problems.append(f"{image_dir}: no test images (expected test/DCM/ID###/*.png)")
+        for image_path in images:
+            label_path = root / split / "outputs_json" / image_path.parent.name / f"{image_path.stem}.json"
+            height = width = 0
+            try:
+                height, width = image_size(image_path)
+            except DataError as error:
+                problems.append(str(error))
+            if split == "train":
+                if not label_path.is_file():
+                    problems.append(f"{image_path}: no label file (expected {label_path})")
+                elif height:
+                    try:
+                        annotations = read_annotations(label_path)
+                        problems.extend(check_annotations(label_path, annotations, height, width))
+                    except DataError as error:
+                        problems.append(str(error))
+            rows.append(
+                {
+                    "split": split,
+                    "person_id": _person_id(image_path, split, root),
+                    "image_name": image_path.name,
+                    "image_path": str(image_path.resolve()),
+                    "label_path": str(label_path.resolve()) if split == "train" else "",
+                    "height": height,
+                    "width": width,
+                }
+            )
+        if split == "train":
+            for label_path in sorted((root / "train" / "outputs_json").glob("*/*.json")):
+                image_path = root / "train" / "DCM" / label_path.parent.name / f"{label_path.stem}.png"
+                if not image_path.is_file():
+                    problems.append(f"{label_path}: label file without an image (expected {image_path})")
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    duplicated = index[index.duplicated("image_name", keep=False)]
+    for name, group in duplicated.groupby("image_name"):
+        paths = ", ".join(group["image_path"])
+        problems.append(f"{name}: image name used more than once ({paths}); the submission key is the bare file name")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in data root {root}:\n  " + "\n  ".join(problems))
+    return index
+
+
+def read_index(path: str | Path, split: str | None = None) -> pd.DataFrame:
+    index = pd.read_csv(path, dtype={"person_id": str, "label_path": str}, keep_default_na=False)
+    return index[index["split"] == split].reset_index(drop=True) if split else index
+
+
+def mask_for_row(row) -> np.ndarray:
+    return rasterize(read_annotations(row["label_path"]), int(row["height"]), int(row["width"]))

@@ -1,0 +1,57 @@
+"""Combining the models' probability maps and writing the submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import probmaps
+from .atomic import atomic_path
+from .data import read_index
+from .submission import SubmissionWriter
+
+
+def mean_ensemble(model_dirs: list[str | Path], out_dir: str | Path, progress: bool = True) -> Path:
+    """Uniform soft vote: the mean probability map over models, image by image."""
+    model_dirs = [Path(directory) for directory in model_dirs]
+    names = sorted(path.name for path in model_dirs[0].glob("*.npz"))
+    for directory in model_dirs[1:]:
+        other = sorted(path.name for path in directory.glob("*.npz"))
+        if other != names:
+            raise ValueError(f"{directory} and {model_dirs[0]} hold maps of different images")
+    with atomic_path(out_dir) as staging:
+        staging.mkdir(parents=True)
+        for name in tqdm(names, desc="ensemble", disable=not progress):
+            total = None
+            for directory in model_dirs:
+                quantized = probmaps.load_quantized(directory / name).astype(np.uint16)
+                total = quantized if total is None else total + quantized
+            mean = (total + len(model_dirs) // 2) // len(model_dirs)
+            with np.load(model_dirs[0] / name) as archive:
+                image_name = str(archive["image_name"])
+            probmaps.save(staging / name, mean.astype(np.uint8), image_name)
+    return Path(out_dir)
+
+
+def write_submission(
+    prob_dir: str | Path, index_path: str | Path, out: str | Path, threshold: float = 0.5, progress: bool = True
+) -> Path:
+    """Threshold every test image's map and write ``image_name,class,rle``.
+
+    Images come in the index's order; a test image without a map is an error.
+    """
+    prob_dir = Path(prob_dir)
+    index = read_index(index_path, "test")
+    # Compare in the quantised domain: p > threshold  <=>  q > threshold * 255.
+    cut = threshold * 255
+    with atomic_path(out) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = SubmissionWriter(handle)
+            for name in tqdm(index["image_name"], desc="submission", disable=not progress):
+                path = prob_dir / f"{Path(name).stem}.npz"
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no probability map for test image {name}")
+                writer.write_image(name, probmaps.load_quantized(path) > cut)
+    return Path(out)

@@ -1,0 +1,67 @@
+"""Models named in config and built by segmentation-models-pytorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .classes import NUM_CLASSES
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def build_model(spec: dict) -> torch.nn.Module:
+    """A model from a config entry: {arch, encoder, encoder_weights, kwargs}.
+
+    ``encoder_weights`` is null (random initialisation, nothing downloaded)
+    or a path to a local state dict for the encoder.
+    """
+    import segmentation_models_pytorch as smp
+
+    weights = spec.get("encoder_weights")
+    try:
+        model = smp.create_model(
+            arch=spec["arch"],
+            encoder_name=spec["encoder"],
+            encoder_weights=None,
+            in_channels=3,
+            classes=NUM_CLASSES,
+            **spec.get("kwargs", {}),
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise ValueError(f"cannot build model {spec.get('arch')!r} with encoder {spec.get('encoder')!r}: {error}") from None
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder_weights {path} does not exist (only local weight files are used)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+        if len(missing) == len(model.encoder.state_dict()):
+            raise ValueError(f"encoder_weights {path} match none of the encoder's parameters")
+    return model
+
+
+def to_input(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) grayscale -> float32 (3, H, W), ImageNet-normalised."""
+    scaled = image.astype(np.float32) / 255.0
+    return ((scaled[None] - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> None:
+    with atomic_path(path) as temporary:
+        torch.save({"state_dict": model.state_dict(), **meta}, temporary)
+
+
+def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model from a checkpoint (loaded with weights_only=True)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: checkpoint does not fit model {checkpoint['model']}: {error}") from None
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,42 @@
+"""Predicting probability maps for the test images with the folds of a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import probmaps
+from .atomic import atomic_path
+from .data import read_image, read_index
+from .inference import predict_probabilities
+from .model import load_checkpoint
+from .preprocess import preprocess
+
+
+def predict_split(
+    index_path: str | Path,
+    checkpoints: list[str | Path],
+    out_dir: str | Path,
+    preprocess_options: dict,
+    device,
+    split: str = "test",
+    hflip: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Write ``<stem>.npz`` per image of ``split``: the mean of the given
+    checkpoints' probabilities, with horizontal-flip TTA when ``hflip``."""
+    loaded = [load_checkpoint(path, device) for path in checkpoints]
+    sizes = {checkpoint["input_size"] for _, checkpoint in loaded}
+    if len(sizes) != 1:
+        raise ValueError(f"checkpoints {checkpoints} were trained at different input sizes {sorted(sizes)}")
+    models = [model for model, _ in loaded]
+    input_size = sizes.pop()
+    index = read_index(index_path, split)
+    with atomic_path(out_dir) as staging:
+        staging.mkdir(parents=True)
+        for _, row in tqdm(index.iterrows(), total=len(index), desc=f"predict {split}", disable=not progress):
+            image = preprocess(read_image(row["image_path"]), preprocess_options)
+            probabilities = predict_probabilities(models, image, input_size, device, hflip=hflip)
+            probmaps.save(staging / f"{Path(row['image_name']).stem}.npz", probabilities, row["image_name"])
+    return Path(out_dir)

@@ -1,0 +1,57 @@
+# Helpers shared by the rules: what the config asks for, as paths and params.
+import json
+import re
+import shlex
+
+
+MODELS = list(config["models"])
+FOLDS = list(range(config["cv"]["folds"]))
+# With no data root the synthetic demo set is generated and used.
+DEMO = config["data"]["root"] is None
+DATA_ROOT = "results/demo/data" if DEMO else config["data"]["root"]
+ENV = "../../envs/handbone.yaml"
+
+
+wildcard_constraints:
+    model="|".join(re.escape(model) for model in MODELS),
+    fold=r"\d+",
+
+
+def as_json(value):
+    """Config values handed to the CLI; sorted keys keep params stable, so a
+    rerun is triggered only by a real change."""
+    return json.dumps(value, sort_keys=True)
+
+
+def synthetic_arguments():
+    return " ".join(
+        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
+        for key, value in sorted(config["synthetic"].items())
+    )
+
+
+def model_spec(model):
+    spec = dict(config["models"][model])
+    spec.pop("train", None)
+    return spec
+
+
+def train_options(model):
+    """The shared train section with the model's own overrides on top."""
+    return {**config["train"], **config["models"][model].get("train", {})}
+
+
+def data_root_input():
+    # The demo data root is a rule's output; a real one must already exist.
+    return "results/demo" if DEMO else DATA_ROOT
+
+
+def final_outputs():
+    outputs = [
+        "results/submission.csv",
+        "results/eda/class_stats.csv",
+        "results/cv/cv_scores.csv",
+    ]
+    if DEMO:
+        outputs.append("results/scores/holdout.json")
+    return outputs
