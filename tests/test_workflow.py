@@ -14,25 +14,27 @@ import yaml
 from handbone.submission import validate
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = {
-    "synthetic": {"train_people": 4, "test_people": 1, "image_size": 128, "seed": 5},
-    "cv": {"folds": 2},
-    "train": {"input_size": 64, "epochs": 1, "batch_size": 2, "val_every": 1, "warmup_epochs": 0},
-    "models": {
-        "tiny": {
-            "arch": "Unet",
-            "encoder": "tu-mobilenetv3_small_050",
-            "encoder_weights": None,
-            "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
-        }
-    },
+# The repository's config.yaml with a tiny data set and model. Snakemake
+# merges --configfile into config.yaml key by key, which would keep the
+# default model; --replace-workflow-config makes this the whole config.
+TINY_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+TINY_CONFIG["synthetic"].update(train_people=4, test_people=1, image_size=128, seed=5)
+TINY_CONFIG["cv"]["folds"] = 2
+TINY_CONFIG["train"].update(input_size=64, epochs=1, batch_size=2, val_every=1, warmup_epochs=0)
+TINY_CONFIG["models"] = {
+    "tiny": {
+        "arch": "Unet",
+        "encoder": "tu-mobilenetv3_small_050",
+        "encoder_weights": None,
+        "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    }
 }
 
 
-def snakemake(workdir, *arguments, check=True):
+def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml"):
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / "tiny.yaml"), *arguments]
+               "--configfile", str(workdir / configfile), "--replace-workflow-config", *arguments]
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
@@ -75,7 +77,9 @@ def test_finished_run_has_nothing_left_to_do(finished_run):
 
 
 def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
-    result = snakemake(finished_run, "-n", "--cores", "2", "--config", "postprocess={'threshold': 0.4}")
+    changed = {**TINY_CONFIG, "postprocess": {"threshold": 0.4}}
+    (finished_run / "threshold.yaml").write_text(yaml.safe_dump(changed))
+    result = snakemake(finished_run, "-n", "--cores", "2", configfile="threshold.yaml")
     assert planned_jobs(result.stdout) == {"all": "1", "score_demo": "1", "submission": "1", "total": "3"}
 
 
@@ -92,3 +96,18 @@ def test_typo_in_config_is_named(tmp_path):
     result = snakemake(tmp_path, "-n", "--cores", "1", check=False)
     assert result.returncode != 0
     assert "fold" in result.stdout + result.stderr
+
+
+def test_a_real_data_root_replaces_the_demo(tmp_path):
+    from handbone.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=64), progress=False)
+    config = {**TINY_CONFIG, "data": {"root": str(root / "data")}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    plan = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2").stdout)
+    assert "demo_data" not in plan and "score_demo" not in plan
+    assert plan["index"] == "1" and plan["submission"] == "1"
+    config["data"]["root"] = str(tmp_path / "missing")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--cores", "2", check=False)
+    assert result.returncode != 0 and "missing/train/DCM does not exist" in result.stdout + result.stderr

@@ -78,4 +78,6 @@ def cv_table(metrics_paths) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     means = table.groupby("model", sort=False)[["val_dice", *CLASSES]].mean().reset_index()
     means["fold"] = "mean"
-    return pd.concat([table, means], ignore_index=True)[["model", "fold", "val_dice", "best_epoch", *CLASSES]]
+    table = pd.concat([table, means], ignore_index=True)
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    return table[["model", "fold", "val_dice", "best_epoch", *CLASSES]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -22,6 +23,8 @@ from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_input
 from .preprocess import CacheEntry
 
+log = logging.getLogger("handbone")
+
 DEFAULT_TRAIN = {
     "input_size": 256,
     "epochs": 40,
@@ -37,8 +40,11 @@ DEFAULT_TRAIN = {
 }
 
 
-def augmentations(size: int, options: dict) -> A.Compose:
-    """Resize to the network's input size, then mild augmentations."""
+def augmentations(size: int, options: dict, seed: int) -> A.Compose:
+    """Resize to the network's input size, then mild augmentations.
+
+    The seed makes albumentations' own random generator repeatable.
+    """
     steps = [A.Resize(size, size, interpolation=3, mask_interpolation=0)]  # INTER_AREA / nearest
     if options.get("hflip", 0) > 0:
         steps.append(A.HorizontalFlip(p=options["hflip"]))
@@ -46,7 +52,7 @@ def augmentations(size: int, options: dict) -> A.Compose:
         steps.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=options["affine"]))
     if options.get("brightness_contrast", 0) > 0:
         steps.append(A.RandomBrightnessContrast(0.15, 0.15, p=options["brightness_contrast"]))
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
 
 
 class CachedImages(Dataset):
@@ -135,11 +141,12 @@ def train_fold(
     train_stems = [stem(n) for n in folds.loc[folds["fold"] != fold, "image_name"]]
     val_stems = [stem(n) for n in folds.loc[folds["fold"] == fold, "image_name"]]
 
-    seed_everything(int(options["seed"]) + fold)
+    seed = int(options["seed"]) + fold
+    seed_everything(seed)
     size = int(options["input_size"])
     model = build_model(model_spec).to(device)
-    dataset = CachedImages(cache_dir, train_stems, augmentations(size, options["augment"]))
-    generator = torch.Generator().manual_seed(int(options["seed"]) + fold)
+    dataset = CachedImages(cache_dir, train_stems, augmentations(size, options["augment"], seed))
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         dataset,
         batch_size=min(int(options["batch_size"]), len(dataset)),
@@ -193,6 +200,7 @@ def train_fold(
             else:
                 since_best += 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{row['val_dice']:.4f}")
+            log.info("epoch %d/%d: train loss %.4f, validation Dice %.4f (best %.4f)", epoch, epochs, row["train_loss"], row["val_dice"], best)
         history.append(row)
         if options["patience"] and since_best >= int(options["patience"]):
             break

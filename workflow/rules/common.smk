@@ -1,7 +1,10 @@
 # Helpers shared by the rules: what the config asks for, as paths and params.
 import json
+import os
 import re
 import shlex
+
+from snakemake.exceptions import WorkflowError
 
 
 MODELS = list(config["models"])
@@ -9,7 +12,17 @@ FOLDS = list(range(config["cv"]["folds"]))
 # With no data root the synthetic demo set is generated and used.
 DEMO = config["data"]["root"] is None
 DATA_ROOT = "results/demo/data" if DEMO else config["data"]["root"]
+if not DEMO and not os.path.isdir(os.path.join(DATA_ROOT, "train", "DCM")):
+    raise WorkflowError(
+        f"data.root {DATA_ROOT!r} is not a data root in the competition layout: "
+        f"{os.path.join(DATA_ROOT, 'train', 'DCM')} does not exist (see README, 'Use your own data')"
+    )
 ENV = "../../envs/handbone.yaml"
+# Rules run this checkout's handbone package with the environment's Python,
+# so they need no install of the package (also with --sdm conda).
+HANDBONE = "PYTHONPATH={}${{PYTHONPATH:+:$PYTHONPATH}} python -m handbone --quiet".format(
+    shlex.quote(os.path.join(workflow.basedir, "workflow"))
+)
 
 
 wildcard_constraints:

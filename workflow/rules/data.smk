@@ -14,7 +14,7 @@ rule demo_data:
     conda:
         ENV
     shell:
-        "handbone --quiet demo-data --out {output:q} {params.arguments} 2> {log:q}"
+        "{HANDBONE} demo-data --out {output:q} {params.arguments} 2> {log:q}"
 
 
 rule index:
@@ -32,7 +32,7 @@ rule index:
     conda:
         ENV
     shell:
-        "handbone --quiet index --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
+        "{HANDBONE} index --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
 
 
 rule eda:
@@ -53,7 +53,7 @@ rule eda:
     conda:
         ENV
     shell:
-        "handbone --quiet eda --index {input:q} --out-dir results/eda 2> {log:q}"
+        "{HANDBONE} eda --index {input:q} --out-dir results/eda 2> {log:q}"
 
 
 rule split:
@@ -71,7 +71,7 @@ rule split:
     conda:
         ENV
     shell:
-        "handbone --quiet split --index {input:q} --folds {params.folds} --out {output:q} 2> {log:q}"
+        "{HANDBONE} split --index {input:q} --folds {params.folds} --out {output:q} 2> {log:q}"
 
 
 rule preprocess:
@@ -89,4 +89,4 @@ rule preprocess:
     conda:
         ENV
     shell:
-        "handbone --quiet preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
+        "{HANDBONE} preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
