@@ -59,7 +59,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> Non
 def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from a checkpoint (loaded with weights_only=True)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(checkpoint["model"])
+    # The state dict holds every weight; the encoder's initial weights file
+    # is not needed again.
+    model = build_model({**checkpoint["model"], "encoder_weights": None})
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

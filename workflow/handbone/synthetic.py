@@ -96,14 +96,6 @@ class SyntheticConfig:
     bent_wrist_rate_train: float = 0.1
     bent_wrist_rate_test: float = 0.3
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "SyntheticConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown synthetic option(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
-
 
 @dataclass
 class Bone:
