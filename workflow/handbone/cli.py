@@ -47,28 +47,38 @@ def cmd_index(args) -> None:
 
 
 def cmd_eda(args) -> None:
-    from .atomic import atomic_path
     from .data import read_index
-    from .eda import summarize
+    from .eda import run_eda
 
-    class_stats, image_stats = summarize(read_index(args.index), progress=_progress(args))
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, table in (("class_stats.csv", class_stats), ("image_stats.csv", image_stats)):
-        with atomic_path(out / name) as temporary:
-            table.to_csv(temporary, index=False, float_format="%.6g")
-    log.info("EDA tables written to %s", out)
+    summary = run_eda(read_index(args.index), args.out_dir, progress=_progress(args))
+    log.info("EDA written to %s; outlier findings: %s", args.out_dir, summary["outlier_findings"] or "none")
 
 
 def cmd_split(args) -> None:
+    import pandas as pd
+
     from .atomic import atomic_path
     from .data import read_index
+    from .outliers import excluded_images
     from .splits import make_folds
 
     folds = make_folds(read_index(args.index), args.folds)
+    excluded = {}
+    if args.outliers:
+        findings = pd.read_csv(args.outliers, keep_default_na=False).to_dict("records")
+        excluded = excluded_images(findings, folds["image_name"], args.exclude_reasons, args.exclude, args.include)
+    folds["excluded"] = folds["image_name"].isin(list(excluded))
+    folds["exclusion_reason"] = folds["image_name"].map(excluded).fillna("")
     with atomic_path(args.out) as temporary:
         folds.to_csv(temporary, index=False)
-    log.info("%d folds over %d people -> %s", args.folds, folds["person_id"].nunique(), args.out)
+    if args.excluded_out:
+        listed = folds[folds["excluded"]].drop(columns="excluded")
+        with atomic_path(args.excluded_out) as temporary:
+            listed.to_csv(temporary, index=False)
+    log.info(
+        "%d folds over %d people -> %s; %d of %d training images excluded",
+        args.folds, folds["person_id"].nunique(), args.out, len(excluded), len(folds),
+    )
 
 
 def cmd_preprocess(args) -> None:
@@ -186,10 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--index", required=True)
     sub.add_argument("--out-dir", required=True)
 
-    sub = command("split", cmd_split, "cross-validation folds grouped by person ID")
+    sub = command("split", cmd_split, "cross-validation folds grouped by person ID, and the images left out of training")
     sub.add_argument("--index", required=True)
     sub.add_argument("--folds", type=int, default=5)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--outliers", help="outliers.csv written by eda; without it no image is excluded")
+    sub.add_argument("--exclude-reasons", type=_json, default=[], help="JSON list of outlier reasons that exclude an image")
+    sub.add_argument("--exclude", type=_json, default=[], help="JSON list of image names always excluded")
+    sub.add_argument("--include", type=_json, default=[], help="JSON list of image names never excluded (wins)")
+    sub.add_argument("--out", required=True, help="folds CSV: image_name, person_id, fold, excluded, exclusion_reason")
+    sub.add_argument("--excluded-out", help="also write the excluded images alone to this CSV")
 
     sub = command("preprocess", cmd_preprocess, "build the preprocessing cache of the training images")
     sub.add_argument("--index", required=True)

@@ -10,6 +10,7 @@ A data root has the competition layout::
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from .classes import CLASS_TO_INDEX, NUM_CLASSES
+
+log = logging.getLogger("handbone")
 
 INDEX_COLUMNS = ["split", "person_id", "image_name", "image_path", "label_path", "height", "width"]
 
@@ -77,30 +80,38 @@ def read_annotations(path: str | Path) -> list[dict]:
     return annotations
 
 
-def check_annotations(path: str | Path, annotations: list[dict], height: int, width: int) -> list[str]:
-    """Problems with the annotations of one image, each naming the file."""
-    problems = []
+def check_annotations(path: str | Path, annotations: list[dict], height: int, width: int) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about one image's annotations, each naming the file.
+
+    Errors make the file unusable (unknown class, points that are not
+    numbers). Geometric faults (fewer than 3 points, zero area, outside the
+    image) are warnings: the EDA reports them as ``polygon_invalid``
+    outliers, which are left out of training, so one bad polygon does not
+    stop a run over hundreds of images.
+    """
+    errors, warnings = [], []
     for number, annotation in enumerate(annotations):
         label = annotation["label"]
         where = f"{path}: annotation {number} ({label!r})"
         if label not in CLASS_TO_INDEX:
-            problems.append(f"{where}: unknown class name")
+            errors.append(f"{where}: unknown class name")
             continue
-        points = annotation["points"]
         try:
-            array = np.asarray(points, dtype=np.float64)
+            array = np.asarray(annotation["points"], dtype=np.float64)
         except (TypeError, ValueError):
-            problems.append(f"{where}: points are not numbers")
+            errors.append(f"{where}: points are not numbers")
             continue
-        if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
-            problems.append(f"{where}: points are not a list of [x, y] numbers")
+        if array.size == 0:
+            warnings.append(f"{where}: polygon has no points")
+        elif array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+            errors.append(f"{where}: points are not a list of [x, y] numbers")
         elif len(array) < 3:
-            problems.append(f"{where}: polygon has {len(array)} points, at least 3 are needed")
+            warnings.append(f"{where}: polygon has {len(array)} points, at least 3 are needed")
         elif polygon_area(array) == 0:
-            problems.append(f"{where}: polygon has zero area")
+            warnings.append(f"{where}: polygon has zero area")
         elif (array < -0.5).any() or (array[:, 0] > width - 0.5).any() or (array[:, 1] > height - 0.5).any():
-            problems.append(f"{where}: polygon lies partly outside the {width}x{height} image")
-    return problems
+            warnings.append(f"{where}: polygon lies partly outside the {width}x{height} image")
+    return errors, warnings
 
 
 def polygon_area(points: np.ndarray) -> float:
@@ -119,8 +130,9 @@ def rasterize(annotations: list[dict], height: int, width: int) -> np.ndarray:
         index = CLASS_TO_INDEX.get(annotation["label"])
         if index is None:
             continue
-        points = np.round(np.asarray(annotation["points"], dtype=np.float64)).astype(np.int32)
-        cv2.fillPoly(mask[index], [points.reshape(-1, 1, 2)], 1)
+        points = np.round(np.asarray(annotation["points"], dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        if len(points) >= 3:  # the EDA reports shorter ones as invalid
+            cv2.fillPoly(mask[index], [points], 1)
     return mask
 
 
@@ -159,7 +171,10 @@ def index_data_root(root: str | Path) -> pd.DataFrame:
                 elif height:
                     try:
                         annotations = read_annotations(label_path)
-                        problems.extend(check_annotations(label_path, annotations, height, width))
+                        errors, warnings = check_annotations(label_path, annotations, height, width)
+                        problems.extend(errors)
+                        for warning in warnings:
+                            log.warning("%s", warning)
                     except DataError as error:
                         problems.append(str(error))
             rows.append(

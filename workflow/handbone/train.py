@@ -137,9 +137,13 @@ def train_fold(
     folds = pd.read_csv(folds_path, dtype={"person_id": str})
     if fold not in set(folds["fold"]):
         raise ValueError(f"fold {fold} is not in {folds_path} (folds: {sorted(set(folds['fold']))})")
-    stem = lambda name: Path(name).stem  # noqa: E731
-    train_stems = [stem(n) for n in folds.loc[folds["fold"] != fold, "image_name"]]
-    val_stems = [stem(n) for n in folds.loc[folds["fold"] == fold, "image_name"]]
+    # Images excluded by the outlier rules have wrong labels: they are
+    # neither trained on nor validated against.
+    usable = folds[~folds["excluded"]] if "excluded" in folds else folds
+    train_stems = [Path(name).stem for name in usable.loc[usable["fold"] != fold, "image_name"]]
+    val_stems = [Path(name).stem for name in usable.loc[usable["fold"] == fold, "image_name"]]
+    if not train_stems or not val_stems:
+        raise ValueError(f"fold {fold} of {folds_path} leaves no training or no validation images after exclusions")
 
     seed = int(options["seed"]) + fold
     seed_everything(seed)

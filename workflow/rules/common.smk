@@ -18,10 +18,14 @@ if not DEMO and not os.path.isdir(os.path.join(DATA_ROOT, "train", "DCM")):
         f"{os.path.join(DATA_ROOT, 'train', 'DCM')} does not exist (see README, 'Use your own data')"
     )
 ENV = "../../envs/handbone.yaml"
-# Rules run this checkout's handbone package with the environment's Python,
-# so they need no install of the package (also with --sdm conda).
-HANDBONE = "PYTHONPATH={}${{PYTHONPATH:+:$PYTHONPATH}} python -m handbone --quiet".format(
-    shlex.quote(os.path.join(workflow.basedir, "workflow"))
+# Rules run this checkout's handbone package (python -m handbone) with the
+# environment's Python, so they need no install of the package (also with
+# --sdm conda).
+shell.prefix(
+    # Snakemake formats the prefix like a shell command: braces are doubled.
+    "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(
+        shlex.quote(os.path.join(workflow.basedir, "workflow"))
+    )
 )
 
 

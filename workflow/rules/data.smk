@@ -14,7 +14,7 @@ rule demo_data:
     conda:
         ENV
     shell:
-        "{HANDBONE} demo-data --out {output:q} {params.arguments} 2> {log:q}"
+        "python -m handbone --quiet demo-data --out {output:q} {params.arguments} 2> {log:q}"
 
 
 rule index:
@@ -32,19 +32,37 @@ rule index:
     conda:
         ENV
     shell:
-        "{HANDBONE} index --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet index --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
 
 
 rule eda:
     input:
         "results/index/index.csv",
     output:
-        report(
-            "results/eda/class_stats.csv",
-            caption="../report/class_stats.rst",
-            category="1. Data",
+        class_stats=report(
+            "results/eda/class_stats.csv", caption="../report/class_stats.rst", category="1. Data", subcategory="Tables"
         ),
-        "results/eda/image_stats.csv",
+        image_stats=report(
+            "results/eda/image_stats.csv", caption="../report/image_stats.rst", category="1. Data", subcategory="Tables"
+        ),
+        overlap=report("results/eda/overlap.csv", caption="../report/overlap.rst", category="1. Data", subcategory="Tables"),
+        outliers=report(
+            "results/eda/outliers.csv", caption="../report/outliers.rst", category="1. Data", subcategory="Outliers"
+        ),
+        findings="results/eda/findings.json",
+        centroids=report(
+            "results/eda/figures/centroids.png", caption="../report/centroids.rst", category="1. Data", subcategory="Figures"
+        ),
+        areas=report("results/eda/figures/areas.png", caption="../report/areas.rst", category="1. Data", subcategory="Figures"),
+        intensity=report(
+            "results/eda/figures/intensity.png", caption="../report/intensity.rst", category="1. Data", subcategory="Figures"
+        ),
+        rotation=report(
+            "results/eda/figures/rotation.png", caption="../report/rotation.rst", category="1. Data", subcategory="Figures"
+        ),
+        overlap_heatmap=report(
+            "results/eda/figures/overlap.png", caption="../report/overlap_heatmap.rst", category="1. Data", subcategory="Figures"
+        ),
     log:
         "results/logs/eda.log",
     benchmark:
@@ -53,16 +71,23 @@ rule eda:
     conda:
         ENV
     shell:
-        "{HANDBONE} eda --index {input:q} --out-dir results/eda 2> {log:q}"
+        "python -m handbone --quiet eda --index {input:q} --out-dir results/eda 2> {log:q}"
 
 
 rule split:
     input:
-        "results/index/index.csv",
+        index="results/index/index.csv",
+        outliers="results/eda/outliers.csv",
     output:
-        "results/splits/folds.csv",
+        folds="results/splits/folds.csv",
+        excluded=report(
+            "results/splits/excluded.csv", caption="../report/excluded.rst", category="1. Data", subcategory="Outliers"
+        ),
     params:
         folds=config["cv"]["folds"],
+        exclude_reasons=as_json(config["outliers"]["exclude_reasons"]),
+        exclude=as_json(config["outliers"]["exclude"]),
+        include=as_json(config["outliers"]["include"]),
     log:
         "results/logs/split.log",
     benchmark:
@@ -71,7 +96,9 @@ rule split:
     conda:
         ENV
     shell:
-        "{HANDBONE} split --index {input:q} --folds {params.folds} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet split --index {input.index:q} --folds {params.folds} --outliers {input.outliers:q}"
+        " --exclude-reasons {params.exclude_reasons:q} --exclude {params.exclude:q} --include {params.include:q}"
+        " --out {output.folds:q} --excluded-out {output.excluded:q} 2> {log:q}"
 
 
 rule preprocess:
@@ -89,4 +116,4 @@ rule preprocess:
     conda:
         ENV
     shell:
-        "{HANDBONE} preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"

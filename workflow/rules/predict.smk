@@ -20,5 +20,5 @@ rule predict_test:
     conda:
         ENV
     shell:
-        "{HANDBONE} predict --index {input.index:q} --checkpoints {input.checkpoints:q}"
+        "python -m handbone --quiet predict --index {input.index:q} --checkpoints {input.checkpoints:q}"
         " --preprocess {params.preprocess:q} {params.hflip} --out-dir {output:q} --threads {threads} 2> {log:q}"

@@ -14,7 +14,7 @@ rule ensemble:
     conda:
         ENV
     shell:
-        "{HANDBONE} ensemble --inputs {input:q} --out-dir {output:q} 2> {log:q}"
+        "python -m handbone --quiet ensemble --inputs {input:q} --out-dir {output:q} 2> {log:q}"
 
 
 rule submission:
@@ -33,7 +33,7 @@ rule submission:
     conda:
         ENV
     shell:
-        "{HANDBONE} submit --probabilities {input.probabilities:q} --index {input.index:q}"
+        "python -m handbone --quiet submit --probabilities {input.probabilities:q} --index {input.index:q}"
         " --threshold {params.threshold} --out {output:q} 2> {log:q}"
 
 
@@ -58,5 +58,5 @@ rule score_demo:
     conda:
         ENV
     shell:
-        "{HANDBONE} score --submission {input.submission:q} --index {input.index:q}"
+        "python -m handbone --quiet score --submission {input.submission:q} --index {input.index:q}"
         " --ground-truth {input.demo:q}/ground_truth/test --out-dir results/scores 2> {log:q}"

@@ -22,7 +22,7 @@ rule train:
     conda:
         ENV
     shell:
-        "{HANDBONE} train --cache {input.cache:q} --folds {input.folds:q} --fold {wildcards.fold}"
+        "python -m handbone --quiet train --cache {input.cache:q} --folds {input.folds:q} --fold {wildcards.fold}"
         " --model-spec {params.spec:q} --options {params.options:q}"
         " --out-dir results/models/{wildcards.model}/fold{wildcards.fold} --threads {threads} 2> {log:q}"
 
@@ -44,4 +44,4 @@ rule cv_summary:
     conda:
         ENV
     shell:
-        "{HANDBONE} cv-summary --metrics {input:q} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet cv-summary --metrics {input:q} --out {output:q} 2> {log:q}"
