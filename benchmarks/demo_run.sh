@@ -2,7 +2,7 @@
 # Times the default demo run from an empty results/ folder: wall time and
 # peak memory (GNU time's maximum resident set size, the largest single
 # process: snakemake or one of its jobs), then prints the scores.
-# Usage: benchmarks/demo_run.sh [CORES]   (default 2)
+# Usage (with the environment active): benchmarks/demo_run.sh [CORES]   (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cores="${1:-2}"

@@ -25,3 +25,30 @@ def test_folds_keep_both_hands_of_a_person_together():
     folds = make_folds(index, 3)
     assert len(folds) == 12 and set(folds["fold"]) == {0, 1, 2}
     assert folds.groupby("person_id")["fold"].nunique().eq(1).all()
+
+
+def test_split_command_marks_excluded_images(tmp_path):
+    from handbone.cli import main
+
+    index = tmp_path / "index.csv"
+    pd.DataFrame(
+        {
+            "split": ["train"] * 8,
+            "person_id": [f"ID{i // 2:03d}" for i in range(8)],
+            "image_name": [f"{i}.png" for i in range(8)],
+            "image_path": "", "label_path": "", "height": 4, "width": 4,
+        }
+    ).to_csv(index, index=False)
+    outliers = tmp_path / "outliers.csv"
+    pd.DataFrame(
+        {"image_name": ["1.png", "2.png", "3.png"], "reason": ["label_swap", "bent_wrist", "area_outlier"],
+         "score": [3.0, 20.0, 5.0], "detail": ["Radius<->Ulna", "", ""]}
+    ).to_csv(outliers, index=False)
+    folds_path, excluded_path = tmp_path / "folds.csv", tmp_path / "excluded.csv"
+    code = main(["-q", "split", "--index", str(index), "--folds", "2", "--outliers", str(outliers),
+                 "--exclude-reasons", '["label_swap", "area_outlier"]', "--include", '["3.png"]',
+                 "--exclude", '["7.png"]', "--out", str(folds_path), "--excluded-out", str(excluded_path)])
+    assert code == 0
+    folds = pd.read_csv(folds_path, keep_default_na=False)
+    assert dict(zip(folds["image_name"], folds["excluded"])) == {f"{i}.png": i in (1, 7) for i in range(8)}
+    assert list(pd.read_csv(excluded_path)["exclusion_reason"]) == ["label_swap", "manual"]
