@@ -37,3 +37,16 @@ def test_no_gpu_means_cpu_and_scheduler_choice_is_kept(tmp_path):
     assert cpu.communicate(timeout=60)[0].strip() == "None"
     slurm = _start(tmp_path, 0, CUDA_VISIBLE_DEVICES="3")
     assert slurm.communicate(timeout=60)[0].strip() == "3"
+
+
+def test_three_jobs_on_three_gpus_run_at_once(tmp_path):
+    started = [_start(tmp_path, 20, HANDBONE_GPUS="3") for _ in range(3)]
+    try:
+        # wait_seconds=0: a job that had to wait for a slot would fail instead.
+        devices = [process.stdout.readline().strip() for process in started]
+        assert sorted(devices) == ["0", "1", "2"]
+        assert all(process.poll() is None for process in started), "all three still hold their GPU together"
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()

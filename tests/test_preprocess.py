@@ -52,3 +52,22 @@ def test_split_command_marks_excluded_images(tmp_path):
     folds = pd.read_csv(folds_path, keep_default_na=False)
     assert dict(zip(folds["image_name"], folds["excluded"])) == {f"{i}.png": i in (1, 7) for i in range(8)}
     assert list(pd.read_csv(excluded_path)["exclusion_reason"]) == ["label_swap", "manual"]
+
+
+def test_cached_sample_equals_png_and_json(tmp_path):
+    from handbone.data import index_data_root, mask_for_row, read_image
+    from handbone.preprocess import CacheEntry, build_cache, preprocess
+    from handbone.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=96, seed=4), progress=False)
+    index = index_data_root(root / "data")
+    index.to_csv(tmp_path / "index.csv", index=False)
+    options = {"clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4}}
+    cache = build_cache(tmp_path / "index.csv", tmp_path / "cache", options, progress=False)
+    for _, row in index[index["split"] == "train"].iterrows():
+        entry = CacheEntry(cache, row["image_name"][:-4])
+        assert np.array_equal(entry.image, preprocess(read_image(row["image_path"]), options))
+        mask = mask_for_row(row)
+        assert np.array_equal(entry.mask(), mask)
+        assert np.array_equal(entry.mask(slice(10, 40), slice(5, 60)), mask[:, 10:40, 5:60])
+    assert len(pd.read_csv(cache / "cache.csv")) == 4

@@ -45,10 +45,15 @@ def build_model(spec: dict) -> torch.nn.Module:
     return model
 
 
-def to_input(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) grayscale -> float32 (3, H, W), ImageNet-normalised."""
-    scaled = image.astype(np.float32) / 255.0
-    return ((scaled[None] - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+def to_network_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 1, H, W) grayscale -> float32 (B, 3, H, W), ImageNet-normalised.
+
+    Done on the model's device: data loading then moves uint8 (a quarter of
+    the bytes) and spends no CPU time on it.
+    """
+    mean = torch.as_tensor(IMAGENET_MEAN, device=images.device)[None, :, None, None]
+    std = torch.as_tensor(IMAGENET_STD, device=images.device)[None, :, None, None]
+    return (images.float() / 255.0 - mean) / std
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> None:

@@ -27,16 +27,16 @@ def predict_split(
     """Write ``<stem>.npz`` per image of ``split``: the mean of the given
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip``."""
     loaded = [load_checkpoint(path, device) for path in checkpoints]
-    sizes = {checkpoint["input_size"] for _, checkpoint in loaded}
-    if len(sizes) != 1:
-        raise ValueError(f"checkpoints {checkpoints} were trained at different input sizes {sorted(sizes)}")
+    inputs = {(checkpoint["input_size"], checkpoint.get("input_mode", "resize")) for _, checkpoint in loaded}
+    if len(inputs) != 1:
+        raise ValueError(f"checkpoints {checkpoints} were trained with different inputs {sorted(inputs)}")
     models = [model for model, _ in loaded]
-    input_size = sizes.pop()
+    input_size, mode = inputs.pop()
     index = read_index(index_path, split)
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for _, row in tqdm(index.iterrows(), total=len(index), desc=f"predict {split}", disable=not progress):
             image = preprocess(read_image(row["image_path"]), preprocess_options)
-            probabilities = predict_probabilities(models, image, input_size, device, hflip=hflip)
+            probabilities = predict_probabilities(models, image, input_size, device, hflip=hflip, mode=mode)
             probmaps.save(staging / f"{Path(row['image_name']).stem}.npz", probabilities, row["image_name"])
     return Path(out_dir)

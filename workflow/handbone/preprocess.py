@@ -48,6 +48,17 @@ def unpack_mask(packed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(bits, -1, 0))
 
 
+def unpack_mask_batch(packed):
+    """torch uint8 (B, 4, H, W) bits -> float32 (B, 29, H, W), on the
+    tensor's device: training moves the packed masks (4 bytes a pixel) to
+    the GPU and unpacks them there instead of on the data-loading CPUs."""
+    import torch
+
+    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)[None, None, :, None, None]
+    bits = (packed[:, :, None] >> shifts) & 1  # (B, 4, 8, H, W), bit k of byte b = class 8b + k
+    return bits.flatten(1, 2)[:, :NUM_CLASSES].float()
+
+
 def build_cache(index_path: str | Path, out: str | Path, options: dict, progress: bool = True) -> Path:
     """Write the cache of every training image listed in the index."""
     index = read_index(index_path, "train")
@@ -73,4 +84,5 @@ class CacheEntry:
         self.packed_mask = np.load(Path(cache_dir) / f"{stem}.mask.npy", mmap_mode="r")
 
     def mask(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """(29, h, w) uint8 mask of a window."""
         return unpack_mask(np.asarray(self.packed_mask[rows, cols]))

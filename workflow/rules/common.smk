@@ -1,4 +1,5 @@
 # Helpers shared by the rules: what the config asks for, as paths and params.
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,15 @@ def as_json(value):
     """Config values handed to the CLI; sorted keys keep params stable, so a
     rerun is triggered only by a real change."""
     return json.dumps(value, sort_keys=True)
+
+
+def preprocess_key():
+    """The cache folder is named by its preprocessing options, so changing
+    them builds a new cache beside the old one instead of overwriting it."""
+    return hashlib.sha256(as_json(config["preprocess"]).encode()).hexdigest()[:10]
+
+
+CACHE = f"results/cache/{preprocess_key()}"
 
 
 def synthetic_arguments():

@@ -105,7 +105,7 @@ rule preprocess:
     input:
         "results/index/index.csv",
     output:
-        directory("results/cache/train"),
+        directory(CACHE),
     params:
         options=as_json(config["preprocess"]),
     log:

@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        cache="results/cache/train",
+        cache=CACHE,
         folds="results/splits/folds.csv",
     output:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
