@@ -71,3 +71,21 @@ def test_cached_sample_equals_png_and_json(tmp_path):
         assert np.array_equal(entry.mask(), mask)
         assert np.array_equal(entry.mask(slice(10, 40), slice(5, 60)), mask[:, 10:40, 5:60])
     assert len(pd.read_csv(cache / "cache.csv")) == 4
+
+
+def test_pose_stratified_folds_spread_bent_wrists_and_keep_people_together():
+    from handbone.splits import pose_strata
+
+    people = [f"ID{i:03d}" for i in range(12) for _ in range(2)]
+    index = pd.DataFrame({"split": "train", "person_id": people, "image_name": [f"{i}.png" for i in range(24)]})
+    bent = {0, 1, 2, 3, 4, 5}  # both hands of the first three people
+    stats = pd.DataFrame(
+        {
+            "image_name": index["image_name"],
+            "wrist_bend_from_labels": [25.0 if i in bent else 2.0 for i in range(24)],
+            "rotation_from_pixels": 0.0,
+        }
+    )
+    folds = make_folds(index, 3, pose_strata(stats))
+    assert folds.groupby("person_id")["fold"].nunique().eq(1).all()
+    assert sorted(folds.loc[folds["image_name"].isin([f"{i}.png" for i in bent]), "fold"].unique()) == [0, 1, 2]

@@ -111,3 +111,14 @@ def test_a_real_data_root_replaces_the_demo(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "-n", "--cores", "2", check=False)
     assert result.returncode != 0 and "missing/train/DCM does not exist" in result.stdout + result.stderr
+
+
+def test_competition_config_plans_three_models_by_five_folds(tmp_path):
+    from handbone.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "set", SyntheticConfig(train_people=5, test_people=1, image_size=64), progress=False)
+    config = yaml.safe_load((REPO / "configs" / "competition.yaml").read_text())
+    config["data"]["root"] = str(root / "data")  # the real root is not on this machine
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    plan = planned_jobs(snakemake(tmp_path, "-n", "--cores", "24", "--resources", "gpu=3").stdout)
+    assert plan["train"] == "15" and plan["predict_test"] == "3" and "demo_data" not in plan

@@ -60,9 +60,10 @@ def cmd_split(args) -> None:
     from .atomic import atomic_path
     from .data import read_index
     from .outliers import excluded_images
-    from .splits import make_folds
+    from .splits import make_folds, pose_strata
 
-    folds = make_folds(read_index(args.index), args.folds)
+    strata = pose_strata(pd.read_csv(args.image_stats)) if args.stratify == "pose" else None
+    folds = make_folds(read_index(args.index), args.folds, strata)
     excluded = {}
     if args.outliers:
         findings = pd.read_csv(args.outliers, keep_default_na=False).to_dict("records")
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("split", cmd_split, "cross-validation folds grouped by person ID, and the images left out of training")
     sub.add_argument("--index", required=True)
     sub.add_argument("--folds", type=int, default=5)
+    sub.add_argument("--stratify", choices=["none", "pose"], default="none", help="also balance folds for bent/rotated hands")
+    sub.add_argument("--image-stats", help="image_stats.csv written by eda (needed by --stratify pose)")
     sub.add_argument("--outliers", help="outliers.csv written by eda; without it no image is excluded")
     sub.add_argument("--exclude-reasons", type=_json, default=[], help="JSON list of outlier reasons that exclude an image")
     sub.add_argument("--exclude", type=_json, default=[], help="JSON list of image names always excluded")

@@ -78,6 +78,7 @@ rule split:
     input:
         index="results/index/index.csv",
         outliers="results/eda/outliers.csv",
+        image_stats="results/eda/image_stats.csv",
     output:
         folds="results/splits/folds.csv",
         excluded=report(
@@ -85,6 +86,7 @@ rule split:
         ),
     params:
         folds=config["cv"]["folds"],
+        stratify=config["cv"]["stratify"],
         exclude_reasons=as_json(config["outliers"]["exclude_reasons"]),
         exclude=as_json(config["outliers"]["exclude"]),
         include=as_json(config["outliers"]["include"]),
@@ -96,7 +98,8 @@ rule split:
     conda:
         ENV
     shell:
-        "python -m handbone --quiet split --index {input.index:q} --folds {params.folds} --outliers {input.outliers:q}"
+        "python -m handbone --quiet split --index {input.index:q} --folds {params.folds} --stratify {params.stratify:q}"
+        " --image-stats {input.image_stats:q} --outliers {input.outliers:q}"
         " --exclude-reasons {params.exclude_reasons:q} --exclude {params.exclude:q} --include {params.include:q}"
         " --out {output.folds:q} --excluded-out {output.excluded:q} 2> {log:q}"
 
