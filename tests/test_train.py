@@ -108,3 +108,14 @@ def test_augmenting_the_packed_mask_equals_augmenting_29_channels():
         unpacked = unpack_mask_batch(packed[None])[0].numpy()
         assert unpacked.shape == (29,) + reference["mask"].shape[:2]
         assert np.array_equal(unpacked, np.moveaxis(reference["mask"], -1, 0))
+
+
+def test_local_encoder_weights_are_loaded(tmp_path):
+    spec = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
+    source = build_model(spec)
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pt")
+    loaded = build_model({**spec, "encoder_weights": str(tmp_path / "encoder.pt")})
+    for name, tensor in source.encoder.state_dict().items():
+        assert torch.equal(tensor, loaded.encoder.state_dict()[name]), name
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        build_model({**spec, "encoder_weights": str(tmp_path / "missing.pt")})

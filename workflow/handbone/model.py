@@ -39,9 +39,13 @@ def build_model(spec: dict) -> torch.nn.Module:
         if not path.is_file():
             raise FileNotFoundError(f"encoder_weights {path} does not exist (only local weight files are used)")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
-        if len(missing) == len(model.encoder.state_dict()):
+        expected = model.encoder.state_dict()
+        matching = [key for key, value in state.items() if key in expected and expected[key].shape == value.shape]
+        if not matching:
             raise ValueError(f"encoder_weights {path} match none of the encoder's parameters")
+        # Some smp encoders drop their classifier keys themselves; extra keys
+        # (e.g. an ImageNet head) are ignored.
+        model.encoder.load_state_dict({key: state[key] for key in matching}, strict=False)
     return model
 
 

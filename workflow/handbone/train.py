@@ -281,10 +281,8 @@ def train_fold(
             else:
                 state["since_best"] += 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{row['val_dice']:.4f}")
-            log.info(
-                "epoch %d/%d: train loss %.4f, validation Dice %.4f (best %.4f)",
-                epoch, epochs, row["train_loss"], row["val_dice"], state["best"],
-            )
+        validation = f", validation Dice {row['val_dice']:.4f} (best {state['best']:.4f})" if "val_dice" in row else ""
+        log.info("epoch %d/%d: train loss %.4f, lr %.2e%s", epoch, epochs, row["train_loss"], row["lr"], validation)
         state["history"].append(row)
         state["epoch"] = epoch
         stop = bool(options["patience"]) and state["since_best"] >= int(options["patience"])
