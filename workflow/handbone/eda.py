@@ -34,7 +34,6 @@ from .pose import pixel_pose
 log = logging.getLogger("handbone")
 
 BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "LA": 16, "I;16": 16, "I;16B": 16, "I": 32, "RGB": 24, "RGBA": 32}
-HISTOGRAM_BINS = np.arange(257)
 
 
 def _bit_depth(path) -> int:

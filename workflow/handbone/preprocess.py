@@ -25,8 +25,6 @@ from .atomic import atomic_path
 from .classes import NUM_CLASSES
 from .data import mask_for_row, read_image, read_index
 
-PACKED_BYTES = (NUM_CLASSES + 7) // 8
-
 
 def preprocess(image: np.ndarray, options: dict) -> np.ndarray:
     """Apply the configured preprocessing (CLAHE) to a uint8 grayscale image."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-BENT_WRIST_DEGREES = 15.0
-ROTATED_HAND_DEGREES = 20.0
+from .outliers import BENT_WRIST_DEGREES, ROTATED_HAND_DEGREES
 
 
 def pose_strata(image_stats: pd.DataFrame) -> pd.Series:
