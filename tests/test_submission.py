@@ -68,3 +68,23 @@ def test_ensemble_mean_then_submission_threshold(tmp_path):
     assert list(table["class"]) == CLASSES
     assert table.loc[0, "rle"] == "1 2" and (table["rle"].iloc[1:] == "").all()
     assert validate(out, {"img.png": (3, 4)}) == 1
+
+
+def test_probability_map_storage_round_trip_and_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    probabilities = np.zeros((29, 50, 70), np.float32)
+    probabilities[0, 10:20, 30:45] = rng.random((10, 15))  # a bone
+    probabilities[3, 0, 69] = 0.9  # a single pixel in a corner
+    probabilities[5] = 0.001  # negligible everywhere: dropped
+    probmaps.save(tmp_path / "m.npz", probabilities, "img.png")
+    quantized = probmaps.load_quantized(tmp_path / "m.npz")
+    expected = probmaps.quantize(probabilities)
+    expected[expected < probmaps.FLOOR] = 0  # negligible probabilities are dropped
+    assert np.array_equal(quantized, expected)
+    assert np.abs(probmaps.load(tmp_path / "m.npz") - probabilities).max() <= 0.5 / 255 + 0.001
+    window = (5, 15, 40, 70)
+    assert np.array_equal(probmaps.load_quantized(tmp_path / "m.npz", window), expected[:, 5:15, 40:70])
+    assert probmaps.image_name(tmp_path / "m.npz") == "img.png"
+    with np.load(tmp_path / "m.npz") as archive:
+        assert archive["class_00"].shape == (10, 15) and archive["class_05"].size == 0
+        assert archive["class_00"].dtype == np.uint8

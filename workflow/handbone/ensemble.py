@@ -29,9 +29,7 @@ def mean_ensemble(model_dirs: list[str | Path], out_dir: str | Path, progress: b
                 quantized = probmaps.load_quantized(directory / name).astype(np.uint16)
                 total = quantized if total is None else total + quantized
             mean = (total + len(model_dirs) // 2) // len(model_dirs)
-            with np.load(model_dirs[0] / name) as archive:
-                image_name = str(archive["image_name"])
-            probmaps.save(staging / name, mean.astype(np.uint8), image_name)
+            probmaps.save(staging / name, mean.astype(np.uint8), probmaps.image_name(model_dirs[0] / name))
     return Path(out_dir)
 
 

@@ -1,9 +1,23 @@
-"""Probability maps on disk: one ``.npz`` per image.
+"""Probability maps on disk: one compact ``.npz`` per image.
 
-Keys: ``probabilities``, uint8 (29, H, W), the probability times 255
-rounded; ``image_name``. Quantising to 8 bits costs at most 0.002 in
-probability and keeps a 29 x 2048 x 2048 map at 1/4 of float32 before
-compression.
+A float32 map of 29 x 2048 x 2048 is 486 MB; almost all of it is near zero,
+since each bone covers a small part of the image. The file therefore holds,
+per class, only the bounding box of its non-negligible probabilities
+(at least ``FLOOR``/255), quantised to uint8 (probability x 255, rounded:
+at most 0.002 off; smaller values read as 0):
+
+- ``shape``: int64 (3,), the full map's (29, H, W);
+- ``boxes``: int64 (29, 4), per class (top, bottom, left, right), empty
+  when top == bottom;
+- ``class_00`` ... ``class_28``: uint8 crops, one per class box, delta
+  coded along x and then along y (modulo 256, like PNG's filters: smooth
+  probabilities become runs of small numbers that compress about twice as
+  well); two cumulative sums in uint8 restore them exactly;
+- ``image_name``: the image's file name.
+
+Outside a class's box, and below the floor inside it, the probability
+reads as 0. ``load`` returns the full
+map or a window of it.
 """
 
 from __future__ import annotations
@@ -14,24 +28,74 @@ import numpy as np
 
 from .atomic import atomic_path
 
+FLOOR = 2  # quantised probabilities below this (p < 0.006) are dropped
+
 
 def quantize(probabilities: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
+    """float probabilities -> uint8, probability x 255 rounded (half up)."""
+    scaled = np.multiply(probabilities, 255, dtype=np.float32)
+    np.clip(scaled, 0, 254.5, out=scaled)
+    scaled += 0.5
+    return scaled.astype(np.uint8)
+
+
+def _box(channel: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(channel.max(axis=1) >= FLOOR)
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    cols = np.flatnonzero(channel[rows[0] : rows[-1] + 1].max(axis=0) >= FLOOR)
+    return int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
+
+
+def _delta_encode(crop: np.ndarray) -> np.ndarray:
+    along_x = np.diff(crop, axis=1, prepend=np.uint8(0))
+    return np.diff(along_x, axis=0, prepend=np.uint8(0))
+
+
+def _delta_decode(coded: np.ndarray) -> np.ndarray:
+    return np.cumsum(np.cumsum(coded, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8)
 
 
 def save(path: str | Path, probabilities: np.ndarray, image_name: str) -> None:
-    """Save float probabilities (or already quantised uint8) atomically."""
+    """Save float probabilities (or already quantised uint8), atomically."""
     data = probabilities if probabilities.dtype == np.uint8 else quantize(probabilities)
+    boxes = np.array([_box(channel) for channel in data], dtype=np.int64)
+    crops = {}
+    for number, (top, bottom, left, right) in enumerate(boxes):
+        crop = data[number, top:bottom, left:right].copy()
+        crop[crop < FLOOR] = 0  # negligible values inside a box, too: zeros compress best
+        crops[f"class_{number:02d}"] = _delta_encode(crop)
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, probabilities=data, image_name=np.array(image_name))
+            np.savez_compressed(
+                handle, shape=np.array(data.shape, dtype=np.int64), boxes=boxes, image_name=np.array(image_name), **crops
+            )
 
 
-def load(path: str | Path) -> np.ndarray:
-    """The map as float32 probabilities in [0, 1], shape (29, H, W)."""
-    return load_quantized(path).astype(np.float32) / 255.0
-
-
-def load_quantized(path: str | Path) -> np.ndarray:
+def load_quantized(path: str | Path, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """uint8 (29, h, w) map: the whole image, or ``window`` = (top, bottom,
+    left, right) of it."""
     with np.load(path) as archive:
-        return archive["probabilities"]
+        classes, height, width = (int(value) for value in archive["shape"])
+        top, bottom, left, right = window if window is not None else (0, height, 0, width)
+        result = np.zeros((classes, bottom - top, right - left), dtype=np.uint8)
+        for number, (box_top, box_bottom, box_left, box_right) in enumerate(archive["boxes"]):
+            y0, y1 = max(top, box_top), min(bottom, box_bottom)
+            x0, x1 = max(left, box_left), min(right, box_right)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            crop = _delta_decode(archive[f"class_{number:02d}"])
+            result[number, y0 - top : y1 - top, x0 - left : x1 - left] = crop[
+                y0 - box_top : y1 - box_top, x0 - box_left : x1 - box_left
+            ]
+    return result
+
+
+def load(path: str | Path, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The map as float32 probabilities in [0, 1]."""
+    return load_quantized(path, window).astype(np.float32) / 255.0
+
+
+def image_name(path: str | Path) -> str:
+    with np.load(path) as archive:
+        return str(archive["image_name"])
