@@ -108,7 +108,8 @@ def cmd_predict(args) -> None:
 
     device = torch_device(args.threads)
     predict_split(
-        args.index, args.checkpoints, args.out_dir, args.preprocess, device, args.split, args.hflip, _progress(args)
+        args.index, args.checkpoints, args.out_dir, args.preprocess, device, args.split, args.hflip, _progress(args),
+        args.scales, args.overlap, args.batch_size,
     )
     log.info("probability maps written to %s", args.out_dir)
 
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--preprocess", type=_json, default={}, help="preprocessing options as JSON (as for training)")
     sub.add_argument("--split", default="test", choices=["train", "test"])
     sub.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True, help="horizontal-flip TTA")
+    sub.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale TTA, e.g. 0.8 1.0 1.5")
+    sub.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-mode models)")
+    sub.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--threads", type=int, default=1)
 

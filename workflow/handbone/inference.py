@@ -1,13 +1,17 @@
 """Whole-image prediction: resized input or Gaussian-blended sliding windows,
-with optional horizontal-flip TTA."""
+with test-time augmentation (horizontal flip, several scales)."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .model import to_network_input
+
+log = logging.getLogger("handbone")
 
 
 def gaussian_weights(window: int, sigma_fraction: float = 0.125) -> torch.Tensor:
@@ -41,38 +45,82 @@ def _forward(models, batch: torch.Tensor, hflip: bool) -> torch.Tensor:
     return total / (len(models) * len(views))
 
 
+def _scaled_size(length: int, scale: float) -> int:
+    return max(32, int(round(length * scale / 32)) * 32)
+
+
+def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, overlap: float, batch_size: int) -> torch.Tensor:
+    """Gaussian-blended windows over a (1, 3, H, W) tensor -> (1, C, H, W).
+
+    Windows are run ``batch_size`` at a time. The sums are kept on the
+    model's device; when that device runs out of memory for them they are
+    kept on the CPU instead.
+    """
+    _, _, height, width = tensor.shape
+    padded_height, padded_width = max(height, window), max(width, window)
+    tensor = F.pad(tensor, (0, padded_width - width, 0, padded_height - height))
+    stride = max(1, int(window * (1 - overlap)))
+    positions = [(top, left) for top in window_starts(padded_height, window, stride) for left in window_starts(padded_width, window, stride)]
+    weights = gaussian_weights(window).to(tensor.device)
+    total = norm = None
+    for first in range(0, len(positions), batch_size):
+        chunk = positions[first : first + batch_size]
+        batch = torch.cat([tensor[:, :, top : top + window, left : left + window] for top, left in chunk])
+        probabilities = _forward(models, batch, hflip) * weights
+        if total is None:
+            try:
+                total = torch.zeros((probabilities.shape[1], padded_height, padded_width), device=tensor.device)
+            except torch.OutOfMemoryError:
+                log.warning("out of device memory for stitching; stitching on the CPU")
+                total = torch.zeros((probabilities.shape[1], padded_height, padded_width))
+            norm = torch.zeros((padded_height, padded_width), device=total.device)
+        probabilities, window_weights = probabilities.to(total.device), weights.to(total.device)
+        for (top, left), window_probabilities in zip(chunk, probabilities):
+            total[:, top : top + window, left : left + window] += window_probabilities
+            norm[top : top + window, left : left + window] += window_weights
+    return (total / norm)[None, :, :height, :width]
+
+
 @torch.no_grad()
 def predict_probabilities(
-    models, image: np.ndarray, input_size: int, device, hflip: bool = False, mode: str = "resize", overlap: float = 0.5
+    models,
+    image: np.ndarray,
+    input_size: int,
+    device,
+    hflip: bool = False,
+    mode: str = "resize",
+    overlap: float = 0.5,
+    scales=(1.0,),
+    batch_size: int = 4,
 ) -> np.ndarray:
     """Mean sigmoid probabilities of ``models`` on a preprocessed uint8 image,
     as (29, H, W) at the image's original resolution.
 
-    ``mode="resize"`` resizes the image to ``input_size`` and the
-    probabilities back; ``mode="patch"`` predicts windows of ``input_size``
-    at full resolution, ``overlap`` apart, blended with Gaussian weights
-    (images smaller than a window are padded).
+    ``mode="resize"`` resizes the image to ``input_size`` (times each scale)
+    and the probabilities back; ``mode="patch"`` rescales the image by each
+    scale and predicts windows of ``input_size``, ``overlap`` apart, blended
+    with Gaussian weights (images smaller than a window are padded).
+    Test-time augmentation averages probabilities over ``scales`` and, with
+    ``hflip``, over horizontally flipped views mapped back.
     """
+    if mode not in ("resize", "patch"):
+        raise ValueError(f"unknown input mode {mode!r} (resize or patch)")
     height, width = image.shape
     tensor = to_network_input(torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device))
-    if mode == "resize":
-        batch = F.interpolate(tensor, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
-        probabilities = _forward(models, batch, hflip)
-        return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0].cpu().numpy()
-    if mode != "patch":
-        raise ValueError(f"unknown input mode {mode!r} (resize or patch)")
-    padded_height, padded_width = max(height, input_size), max(width, input_size)
-    tensor = F.pad(tensor, (0, padded_width - width, 0, padded_height - height))
-    stride = max(1, int(input_size * (1 - overlap)))
-    weights = gaussian_weights(input_size).to(device)
-    total = torch.zeros((1, 0, padded_height, padded_width), device=device)
-    norm = torch.zeros((padded_height, padded_width), device=device)
-    for top in window_starts(padded_height, input_size, stride):
-        for left in window_starts(padded_width, input_size, stride):
-            window = tensor[:, :, top : top + input_size, left : left + input_size]
-            probabilities = _forward(models, window, hflip)
-            if total.shape[1] == 0:
-                total = torch.zeros((1, probabilities.shape[1], padded_height, padded_width), device=device)
-            total[:, :, top : top + input_size, left : left + input_size] += probabilities * weights
-            norm[top : top + input_size, left : left + input_size] += weights
-    return (total / norm)[0, :, :height, :width].cpu().numpy()
+    mean = None
+    for scale in scales:
+        if mode == "resize":
+            side = _scaled_size(input_size, scale)
+            batch = F.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+            probabilities = _forward(models, batch, hflip)
+        else:
+            scaled = tensor
+            if scale != 1.0:
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                scaled = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            probabilities = _sliding_window(models, scaled, input_size, hflip, overlap, batch_size)
+        if probabilities.shape[-2:] != (height, width):
+            probabilities = F.interpolate(probabilities.to(device), size=(height, width), mode="bilinear", align_corners=False)
+        probabilities = probabilities.cpu()
+        mean = probabilities if mean is None else mean + probabilities
+    return (mean / len(scales))[0].numpy()

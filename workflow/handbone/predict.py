@@ -23,9 +23,13 @@ def predict_split(
     split: str = "test",
     hflip: bool = True,
     progress: bool = True,
+    scales=(1.0,),
+    overlap: float = 0.5,
+    batch_size: int = 4,
 ) -> Path:
     """Write ``<stem>.npz`` per image of ``split``: the mean of the given
-    checkpoints' probabilities, with horizontal-flip TTA when ``hflip``."""
+    checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
+    multi-scale TTA over ``scales`` (see inference.predict_probabilities)."""
     loaded = [load_checkpoint(path, device) for path in checkpoints]
     inputs = {(checkpoint["input_size"], checkpoint.get("input_mode", "resize")) for _, checkpoint in loaded}
     if len(inputs) != 1:
@@ -37,6 +41,8 @@ def predict_split(
         staging.mkdir(parents=True)
         for _, row in tqdm(index.iterrows(), total=len(index), desc=f"predict {split}", disable=not progress):
             image = preprocess(read_image(row["image_path"]), preprocess_options)
-            probabilities = predict_probabilities(models, image, input_size, device, hflip=hflip, mode=mode)
+            probabilities = predict_probabilities(
+                models, image, input_size, device, hflip, mode, overlap=overlap, scales=scales, batch_size=batch_size
+            )
             probmaps.save(staging / f"{Path(row['image_name']).stem}.npz", probabilities, row["image_name"])
     return Path(out_dir)

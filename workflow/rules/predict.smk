@@ -10,6 +10,9 @@ rule predict_test:
     params:
         preprocess=as_json(config["preprocess"]),
         hflip="--hflip" if config["predict"]["hflip"] else "--no-hflip",
+        scales=" ".join(str(float(scale)) for scale in config["predict"]["scales"]),
+        overlap=config["predict"]["overlap"],
+        batch_size=config["predict"]["batch_size"],
     log:
         "results/logs/predict/{model}.log",
     benchmark:
@@ -21,4 +24,5 @@ rule predict_test:
         ENV
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --checkpoints {input.checkpoints:q}"
-        " --preprocess {params.preprocess:q} {params.hflip} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --preprocess {params.preprocess:q} {params.hflip} --scales {params.scales} --overlap {params.overlap}"
+        " --batch-size {params.batch_size} --out-dir {output:q} --threads {threads} 2> {log:q}"
