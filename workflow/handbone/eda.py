@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from . import figures
 from .atomic import atomic_path
 from .classes import CLASSES
-from .data import rasterize, read_annotations, read_image
+from .data import read_annotations, read_image
 from .outliers import detect, image_features
 from .pose import pixel_pose
 
@@ -39,6 +40,17 @@ BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "LA": 16, "I;16": 16, "I;16B": 16, "I": 32
 def _bit_depth(path) -> int:
     with Image.open(path) as image:
         return BIT_DEPTHS.get(image.mode, 0)
+
+
+def _bone_union(item, shape) -> np.ndarray:
+    """Pixels inside any polygon, filled into one channel (not 29)."""
+    union = np.zeros(shape, np.uint8)
+    for annotation in item.annotations:
+        if len(annotation.points) >= 3:
+            # One call per polygon: a single call with several polygons
+            # leaves their overlaps unfilled.
+            cv2.fillPoly(union, [np.round(annotation.points).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return union.astype(bool)
 
 
 def _class_stats(features) -> pd.DataFrame:
@@ -157,7 +169,7 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
                 record["side_from_labels"] = item.frame["side"]
                 record["rotation_from_labels"] = item.frame["rotation"]
                 record["wrist_bend_from_labels"] = item.frame["wrist_bend"]
-            bone = rasterize(annotations, image.shape[0], image.shape[1]).any(axis=0)
+            bone = _bone_union(item, image.shape)
             bone_histogram += np.bincount(image[bone], minlength=256)
             background_histogram += np.bincount(image[~bone], minlength=256)
         image_rows.append(record)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from . import rle
 from .classes import CLASSES
+from .data import rasterize, read_annotations
 
 SMOOTH = 1e-4
 
@@ -39,11 +44,6 @@ def score_submission(submission_path, truth_root, index: pd.DataFrame) -> pd.Dat
     ``truth_root`` holds ``outputs_json/ID###/<stem>.json`` for the images of
     ``index`` (the test rows); masks are compared at original resolution.
     """
-    from pathlib import Path
-
-    from . import rle
-    from .data import rasterize, read_annotations
-
     table = pd.read_csv(submission_path, dtype=str, keep_default_na=False)
     by_image = {name: dict(zip(group["class"], group["rle"])) for name, group in table.groupby("image_name")}
     rows = {}
@@ -60,9 +60,6 @@ def score_submission(submission_path, truth_root, index: pd.DataFrame) -> pd.Dat
 def cv_table(metrics_paths) -> pd.DataFrame:
     """One row per (model, fold) from training's metrics.json files, with the
     Dice per class, plus a 'mean' row per model averaging its folds."""
-    import json
-    from pathlib import Path
-
     rows = []
     for path in metrics_paths:
         metrics = json.loads(Path(path).read_text())
