@@ -102,16 +102,50 @@ def cmd_train(args) -> None:
     log.info("fold %d: best validation Dice %.4f at epoch %d", args.fold, metrics["val_dice"], metrics["best_epoch"])
 
 
+def _images(args):
+    """The images a predict or overlays command works on."""
+    from .predict import folder_images, split_images, validation_images
+
+    if args.images_dir:
+        return folder_images(args.images_dir)
+    if not args.index:
+        raise ValueError("give --index (with --split) or --images-dir")
+    if args.fold is not None:
+        if not args.folds:
+            raise ValueError("--fold needs --folds (the folds CSV)")
+        return validation_images(args.index, args.folds, args.fold)
+    return split_images(args.index, args.split)
+
+
 def cmd_predict(args) -> None:
     from .devices import torch_device
-    from .predict import predict_split
+    from .predict import predict_images
 
     device = torch_device(args.threads)
-    predict_split(
-        args.index, args.checkpoints, args.out_dir, args.preprocess, device, args.split, args.hflip, _progress(args),
-        args.scales, args.overlap, args.batch_size,
+    images = _images(args)
+    predict_images(
+        images, args.checkpoints, args.out_dir, args.preprocess, device, args.hflip, _progress(args),
+        args.scales, args.overlap, args.batch_size, description=f"predict {len(images)} images",
     )
-    log.info("probability maps written to %s", args.out_dir)
+    log.info("probability maps of %d images written to %s", len(images), args.out_dir)
+
+
+def cmd_overlays(args) -> None:
+    from .overlays import write_overlays
+    from .probmaps import map_filename
+
+    images = _images(args)
+    if args.limit:
+        images = images[: args.limit]
+    items = []
+    for name, path in images:
+        map_paths = [Path(directory) / map_filename(name) for directory in args.maps]
+        missing = [str(map_path) for map_path in map_paths if not map_path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no probability map for {name}: {', '.join(missing)}")
+        items.append((name, path, map_paths))
+    write_overlays(items, args.out_dir, args.threshold, args.max_side, _progress(args))
+    log.info("%d overlay pictures written to %s", len(items), args.out_dir)
 
 
 def cmd_ensemble(args) -> None:
@@ -224,17 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--threads", type=int, default=1)
 
-    sub = command("predict", cmd_predict, "probability maps of a split's images from one or more checkpoints")
-    sub.add_argument("--index", required=True)
+    def image_source(sub):
+        sub.add_argument("--index", help="index CSV; the images of --split (or of --fold's validation part)")
+        sub.add_argument("--split", default="test", choices=["train", "test"])
+        sub.add_argument("--folds", help="folds CSV (with --fold)")
+        sub.add_argument("--fold", type=int, help="the training images of this fold (out-of-fold prediction)")
+        sub.add_argument("--images-dir", help="instead of the index: every PNG under this folder (no labels needed)")
+
+    sub = command("predict", cmd_predict, "probability maps of images from one or more checkpoints (their mean)")
+    image_source(sub)
     sub.add_argument("--checkpoints", nargs="+", required=True)
     sub.add_argument("--preprocess", type=_json, default={}, help="preprocessing options as JSON (as for training)")
-    sub.add_argument("--split", default="test", choices=["train", "test"])
     sub.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True, help="horizontal-flip TTA")
     sub.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale TTA, e.g. 0.8 1.0 1.5")
     sub.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-mode models)")
     sub.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("overlays", cmd_overlays, "pictures of predicted bones on their images")
+    image_source(sub)
+    sub.add_argument("--maps", nargs="+", required=True, help="folders of .npz maps (one per model; their mean is drawn)")
+    sub.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    sub.add_argument("--threshold", type=float, default=0.5)
+    sub.add_argument("--max-side", type=int, default=1024, help="longest side of a picture in pixels")
+    sub.add_argument("--out-dir", required=True)
 
     sub = command("ensemble", cmd_ensemble, "mean of several models' probability maps")
     sub.add_argument("--inputs", nargs="+", required=True, help="folders of .npz maps, one per model")

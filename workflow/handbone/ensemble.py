@@ -13,6 +13,15 @@ from .data import read_index
 from .submission import SubmissionWriter
 
 
+def mean_quantized(paths: list[str | Path]) -> np.ndarray:
+    """The uint8 mean (rounded) of several maps of one image."""
+    total = None
+    for path in paths:
+        quantized = probmaps.load_quantized(path).astype(np.uint16)
+        total = quantized if total is None else total + quantized
+    return ((total + len(paths) // 2) // len(paths)).astype(np.uint8)
+
+
 def mean_ensemble(model_dirs: list[str | Path], out_dir: str | Path, progress: bool = True) -> Path:
     """Uniform soft vote: the mean probability map over models, image by image."""
     model_dirs = [Path(directory) for directory in model_dirs]
@@ -24,12 +33,8 @@ def mean_ensemble(model_dirs: list[str | Path], out_dir: str | Path, progress: b
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for name in tqdm(names, desc="ensemble", disable=not progress):
-            total = None
-            for directory in model_dirs:
-                quantized = probmaps.load_quantized(directory / name).astype(np.uint16)
-                total = quantized if total is None else total + quantized
-            mean = (total + len(model_dirs) // 2) // len(model_dirs)
-            probmaps.save(staging / name, mean.astype(np.uint8), probmaps.image_name(model_dirs[0] / name))
+            mean = mean_quantized([directory / name for directory in model_dirs])
+            probmaps.save(staging / name, mean, probmaps.image_name(model_dirs[0] / name))
     return Path(out_dir)
 
 
@@ -48,7 +53,7 @@ def write_submission(
         with open(temporary, "w", newline="") as handle:
             writer = SubmissionWriter(handle)
             for name in tqdm(index["image_name"], desc="submission", disable=not progress):
-                path = prob_dir / f"{Path(name).stem}.npz"
+                path = prob_dir / probmaps.map_filename(name)
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no probability map for test image {name}")
                 writer.write_image(name, probmaps.load_quantized(path) > cut)

@@ -1,48 +1,83 @@
-"""Predicting probability maps for the test images with the folds of a model."""
+"""Predicting probability maps: test images, out-of-fold validation images
+and extra image folders (e.g. real radiographs without labels)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from . import probmaps
 from .atomic import atomic_path
-from .data import read_image, read_index
+from .data import DataError, read_image, read_index
 from .inference import predict_probabilities
 from .model import load_checkpoint
 from .preprocess import preprocess
 
 
-def predict_split(
-    index_path: str | Path,
+def split_images(index_path: str | Path, split: str) -> list[tuple[str, Path]]:
+    """(image name, path) of every image of ``split`` in the index."""
+    index = read_index(index_path, split)
+    return [(name, Path(path)) for name, path in zip(index["image_name"], index["image_path"])]
+
+
+def validation_images(index_path: str | Path, folds_path: str | Path, fold: int) -> list[tuple[str, Path]]:
+    """The training images of ``fold``: what that fold's model never saw.
+
+    Excluded images are predicted too, so the out-of-fold maps cover every
+    training image once; whoever scores them decides whether to skip them.
+    """
+    folds = pd.read_csv(folds_path, dtype={"person_id": str})
+    if fold not in set(folds["fold"]):
+        raise ValueError(f"fold {fold} is not in {folds_path} (folds: {sorted(set(folds['fold']))})")
+    names = set(folds.loc[folds["fold"] == fold, "image_name"])
+    return [(name, path) for name, path in split_images(index_path, "train") if name in names]
+
+
+def folder_images(folder: str | Path) -> list[tuple[str, Path]]:
+    """Every PNG under ``folder`` (recursively), named by its relative path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder does not exist")
+    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() == ".png" and path.is_file())
+    if not paths:
+        raise DataError(f"{folder}: no PNG images in this folder")
+    return [(path.relative_to(folder).as_posix(), path) for path in paths]
+
+
+def predict_images(
+    images: list[tuple[str, Path]],
     checkpoints: list[str | Path],
     out_dir: str | Path,
     preprocess_options: dict,
     device,
-    split: str = "test",
     hflip: bool = True,
     progress: bool = True,
     scales=(1.0,),
     overlap: float = 0.5,
     batch_size: int = 4,
+    description: str = "predict",
 ) -> Path:
-    """Write ``<stem>.npz`` per image of ``split``: the mean of the given
+    """Write one map per image (``probmaps.map_filename``): the mean of the
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
-    multi-scale TTA over ``scales`` (see inference.predict_probabilities)."""
+    multi-scale TTA over ``scales`` (see inference.predict_probabilities).
+    The folder appears only when every map is written."""
     loaded = [load_checkpoint(path, device) for path in checkpoints]
     inputs = {(checkpoint["input_size"], checkpoint.get("input_mode", "resize")) for _, checkpoint in loaded}
     if len(inputs) != 1:
         raise ValueError(f"checkpoints {checkpoints} were trained with different inputs {sorted(inputs)}")
     models = [model for model, _ in loaded]
     input_size, mode = inputs.pop()
-    index = read_index(index_path, split)
+    filenames = [probmaps.map_filename(name) for name, _ in images]
+    if len(set(filenames)) != len(filenames):
+        raise DataError(f"two images would share a map file name in {out_dir}")
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
-        for _, row in tqdm(index.iterrows(), total=len(index), desc=f"predict {split}", disable=not progress):
-            image = preprocess(read_image(row["image_path"]), preprocess_options)
+        for (name, path), filename in tqdm(zip(images, filenames), total=len(images), desc=description, disable=not progress):
+            image = preprocess(read_image(path), preprocess_options)
             probabilities = predict_probabilities(
                 models, image, input_size, device, hflip, mode, overlap=overlap, scales=scales, batch_size=batch_size
             )
-            probmaps.save(staging / f"{Path(row['image_name']).stem}.npz", probabilities, row["image_name"])
+            probmaps.save(staging / filename, probabilities, name)
     return Path(out_dir)

@@ -96,6 +96,13 @@ def load(path: str | Path, window: tuple[int, int, int, int] | None = None) -> n
     return load_quantized(path, window).astype(np.float32) / 255.0
 
 
+def map_filename(image_name: str) -> str:
+    """The map's file name for an image: its stem, with the folders of a
+    relative path joined by '__' (test images are bare, unique file names)."""
+    path = Path(image_name)
+    return "__".join(path.parent.parts + (path.stem,)) + ".npz"
+
+
 def image_name(path: str | Path) -> str:
     with np.load(path) as archive:
         return str(archive["image_name"])

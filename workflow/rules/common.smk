@@ -18,6 +18,11 @@ if not DEMO and not os.path.isdir(os.path.join(DATA_ROOT, "train", "DCM")):
         f"data.root {DATA_ROOT!r} is not a data root in the competition layout: "
         f"{os.path.join(DATA_ROOT, 'train', 'DCM')} does not exist (see README, 'Use your own data')"
     )
+# Extra image folders to predict and draw (no labels needed), by name.
+EXTRA_IMAGES = dict(config["predict"]["extra_images"])
+for _name, _folder in EXTRA_IMAGES.items():
+    if not os.path.isdir(_folder):
+        raise WorkflowError(f"predict.extra_images.{_name}: folder {_folder!r} does not exist")
 ENV = "../../envs/handbone.yaml"
 # Rules run this checkout's handbone package (python -m handbone) with the
 # environment's Python, so they need no install of the package (also with
@@ -33,6 +38,7 @@ shell.prefix(
 wildcard_constraints:
     model="|".join(re.escape(model) for model in MODELS),
     fold=r"\d+",
+    images=r"[A-Za-z0-9_-]+",
 
 
 def as_json(value):
@@ -68,6 +74,19 @@ def train_options(model):
     return {**config["train"], **config["models"][model].get("train", {})}
 
 
+def predict_options():
+    """The prediction options shared by every predict rule, as CLI flags."""
+    options = config["predict"]
+    return " ".join(
+        [
+            f"--preprocess {shlex.quote(as_json(config['preprocess']))}",
+            "--hflip" if options["hflip"] else "--no-hflip",
+            "--scales " + " ".join(str(float(scale)) for scale in options["scales"]),
+            f"--overlap {float(options['overlap'])} --batch-size {int(options['batch_size'])}",
+        ]
+    )
+
+
 def data_root_input():
     # The demo data root is a rule's output; a real one must already exist.
     return "results/demo" if DEMO else DATA_ROOT
@@ -78,7 +97,10 @@ def final_outputs():
         "results/submission.csv",
         "results/eda/class_stats.csv",
         "results/cv/cv_scores.csv",
+        "results/overlays/test",
     ]
+    outputs += expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS)
+    outputs += expand("results/overlays/extra/{images}", images=EXTRA_IMAGES)
     if DEMO:
         outputs.append("results/scores/holdout.json")
     return outputs

@@ -1,4 +1,28 @@
-# Prediction: per model, the mean of its fold models on the test images.
+# Prediction: out-of-fold maps per fold model, test maps per model (the mean
+# of its fold models), maps of extra image folders, and overlay pictures.
+
+
+rule predict_oof:
+    input:
+        index="results/index/index.csv",
+        folds="results/splits/folds.csv",
+        checkpoint="results/models/{model}/fold{fold}/model.pt",
+    output:
+        directory("results/predictions/{model}/oof/fold{fold}"),
+    params:
+        options=predict_options(),
+    log:
+        "results/logs/predict_oof/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/predict_oof/{model}/fold{fold}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet predict --index {input.index:q} --folds {input.folds:q} --fold {wildcards.fold}"
+        " --checkpoints {input.checkpoint:q} {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule predict_test:
@@ -8,11 +32,7 @@ rule predict_test:
     output:
         directory("results/predictions/{model}/test"),
     params:
-        preprocess=as_json(config["preprocess"]),
-        hflip="--hflip" if config["predict"]["hflip"] else "--no-hflip",
-        scales=" ".join(str(float(scale)) for scale in config["predict"]["scales"]),
-        overlap=config["predict"]["overlap"],
-        batch_size=config["predict"]["batch_size"],
+        options=predict_options(),
     log:
         "results/logs/predict/{model}.log",
     benchmark:
@@ -23,6 +43,80 @@ rule predict_test:
     conda:
         ENV
     shell:
-        "python -m handbone --quiet predict --index {input.index:q} --checkpoints {input.checkpoints:q}"
-        " --preprocess {params.preprocess:q} {params.hflip} --scales {params.scales} --overlap {params.overlap}"
-        " --batch-size {params.batch_size} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        "python -m handbone --quiet predict --index {input.index:q} --split test --checkpoints {input.checkpoints:q}"
+        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+
+
+rule predict_extra:
+    input:
+        checkpoints=expand("results/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
+    output:
+        directory("results/predictions/{model}/extra/{images}"),
+    params:
+        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
+        options=predict_options(),
+    log:
+        "results/logs/predict_extra/{model}/{images}.log",
+    benchmark:
+        "results/benchmarks/predict_extra/{model}/{images}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet predict --images-dir {params.folder:q} --checkpoints {input.checkpoints:q}"
+        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+
+
+rule overlays_test:
+    input:
+        index="results/index/index.csv",
+        maps="results/ensemble/test",
+    output:
+        report(
+            directory("results/overlays/test"),
+            patterns=["{name}.png"],
+            caption="../report/overlays_test.rst",
+            category="4. Predictions",
+            subcategory="test images",
+        ),
+    params:
+        limit=config["predict"]["overlay_test_images"],
+        threshold=config["postprocess"]["threshold"],
+    log:
+        "results/logs/overlays/test.log",
+    benchmark:
+        "results/benchmarks/overlays/test.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet overlays --index {input.index:q} --split test --maps {input.maps:q}"
+        " --limit {params.limit} --threshold {params.threshold} --out-dir {output:q} 2> {log:q}"
+
+
+rule overlays_extra:
+    input:
+        maps=expand("results/predictions/{model}/extra/{{images}}", model=MODELS),
+    output:
+        report(
+            directory("results/overlays/extra/{images}"),
+            patterns=["{name}.png"],
+            caption="../report/overlays_extra.rst",
+            category="4. Predictions",
+            subcategory="{images}",
+        ),
+    params:
+        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
+        threshold=config["postprocess"]["threshold"],
+    log:
+        "results/logs/overlays/extra_{images}.log",
+    benchmark:
+        "results/benchmarks/overlays/extra_{images}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet overlays --images-dir {params.folder:q} --maps {input.maps:q}"
+        " --threshold {params.threshold} --out-dir {output:q} 2> {log:q}"

@@ -1,0 +1,90 @@
+"""Overlay pictures: every predicted bone in its own colour on the image,
+for a person to judge predictions where no labels exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .classes import CLASSES, NUM_CLASSES
+from .data import read_image
+
+
+def class_colours() -> np.ndarray:
+    """(29, 3) uint8 BGR colours, hues spread by the golden ratio so that
+    neighbouring bones (consecutive classes) differ clearly."""
+    hues = (np.arange(NUM_CLASSES) * 0.618034 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hues, np.full(NUM_CLASSES, 220, np.uint8), np.full(NUM_CLASSES, 255, np.uint8)], axis=1)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0]
+
+
+def overlay_image(image: np.ndarray, quantized: np.ndarray, threshold: float = 0.5, alpha: float = 0.4) -> np.ndarray:
+    """BGR picture of a grayscale uint8 image with each class's mask
+    (``quantized`` uint8 probabilities above ``threshold``) filled
+    half-transparent and outlined, so overlapping bones stay visible."""
+    if quantized.shape[1:] != image.shape:
+        raise ValueError(f"map of shape {quantized.shape[1:]} does not match the image's {image.shape}")
+    picture = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    colours = class_colours()
+    thickness = max(1, round(max(image.shape) / 700))
+    masks = quantized > threshold * 255
+    for number in range(NUM_CLASSES):
+        mask = masks[number]
+        if not mask.any():
+            continue
+        picture[mask] = (1 - alpha) * picture[mask] + alpha * colours[number]
+    picture = picture.astype(np.uint8)
+    for number in range(NUM_CLASSES):
+        if masks[number].any():
+            contours, _ = cv2.findContours(masks[number].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(picture, contours, -1, tuple(int(value) for value in colours[number]), thickness)
+    return picture
+
+
+def _legend(height: int, present: np.ndarray) -> np.ndarray:
+    """A column naming each class in its colour; absent classes in grey."""
+    width, colours = 150, class_colours()
+    legend = np.full((height, width, 3), 24, np.uint8)
+    step = height / (NUM_CLASSES + 1)
+    scale = max(0.3, min(0.55, step / 30))
+    for number, name in enumerate(CLASSES):
+        y = int((number + 1) * step)
+        colour = tuple(int(value) for value in colours[number]) if present[number] else (110, 110, 110)
+        cv2.rectangle(legend, (6, y - int(step * 0.35)), (20, y + int(step * 0.25)), colour, -1)
+        cv2.putText(legend, name, (26, y + int(step * 0.2)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return legend
+
+
+def write_overlays(
+    items: list[tuple[str, Path, list[Path]]],
+    out_dir: str | Path,
+    threshold: float = 0.5,
+    max_side: int = 1024,
+    progress: bool = True,
+) -> Path:
+    """One PNG per (image name, image path, map files): the overlay of the
+    maps' mean, scaled to at most ``max_side`` pixels, with a legend. Maps
+    are read one image at a time. The folder appears only when every
+    picture is written."""
+    from .ensemble import mean_quantized
+    from .probmaps import map_filename
+
+    with atomic_path(out_dir) as staging:
+        staging.mkdir(parents=True)
+        for name, image_path, map_paths in tqdm(items, desc="overlays", disable=not progress):
+            quantized = mean_quantized(map_paths)
+            picture = overlay_image(read_image(image_path), quantized, threshold)
+            factor = max_side / max(picture.shape[:2])
+            if factor < 1:
+                size = (round(picture.shape[1] * factor), round(picture.shape[0] * factor))
+                picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+            present = (quantized > threshold * 255).reshape(NUM_CLASSES, -1).any(axis=1)
+            picture = np.concatenate([picture, _legend(picture.shape[0], present)], axis=1)
+            target = staging / map_filename(name).replace(".npz", ".png")
+            if not cv2.imwrite(str(target), picture):
+                raise OSError(f"{target}: could not write the overlay")
+    return Path(out_dir)
