@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -64,3 +67,135 @@ def test_scales_average_to_the_original_resolution():
     assert result.shape == (29, 96, 80)
     resized = predict_probabilities([Pointwise()], image, 64, "cpu", mode="resize", scales=(0.8, 1.0, 1.5))
     assert resized.shape == (29, 96, 80)
+
+
+def test_stitching_falls_back_to_the_cpu_when_the_device_is_out_of_memory(monkeypatch, caplog):
+    import handbone.inference as inference
+
+    image = _image(90, 70)
+    expected = predict_probabilities([Pointwise()], image, 32, "cpu", mode="patch")
+    real_zeros, calls = torch.zeros, []
+
+    def zeros_without_room_on_the_device(*args, **kwargs):
+        # The first allocation on the model's device fails, as on a full GPU.
+        if "device" in kwargs and not calls:
+            calls.append(kwargs["device"])
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_zeros(*args, **kwargs)
+
+    monkeypatch.setattr(inference.torch, "zeros", zeros_without_room_on_the_device)
+    result = predict_probabilities([Pointwise()], image, 32, "cpu", mode="patch")
+    assert calls, "the simulated out-of-memory error was never raised"
+    assert "stitching on the CPU" in caplog.text
+    assert np.abs(result - expected).max() < 1e-6
+
+
+def _tiny_checkpoint(path, input_mode="patch", input_size=64):
+    from handbone.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None,
+            "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]}}
+    save_checkpoint(path, build_model(spec).eval(), {"model": spec, "input_size": input_size, "input_mode": input_mode})
+    return path
+
+
+def _write_png_modes(folder):
+    """One PNG per mode the data could hold, each of an odd size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    sizes = {}
+    gray = rng.integers(0, 256, (75, 51), dtype=np.uint8)
+    Image.fromarray(gray).save(folder / "gray.png"); sizes["gray.png"] = gray.shape
+    wide = (rng.integers(0, 65536, (33, 140))).astype(np.uint16)
+    cv2.imwrite(str(folder / "gray16.png"), wide); sizes["gray16.png"] = wide.shape
+    Image.fromarray(gray).convert("P").save(folder / "palette.png"); sizes["palette.png"] = gray.shape
+    (folder / "sub").mkdir()
+    rgb = rng.integers(0, 256, (97, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "sub" / "rgb.png"); sizes["sub/rgb.png"] = rgb.shape[:2]
+    rgba = rng.integers(0, 256, (20, 21, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "sub" / "rgba.png"); sizes["sub/rgba.png"] = rgba.shape[:2]
+    return sizes
+
+
+@pytest.mark.parametrize("input_mode", ["patch", "resize"])
+def test_predicting_a_folder_of_odd_sizes_and_png_modes(tmp_path, input_mode):
+    from handbone import probmaps
+    from handbone.overlays import write_overlays
+    from handbone.predict import folder_images, predict_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = _write_png_modes(folder)
+    checkpoint = _tiny_checkpoint(tmp_path / "model.pt", input_mode)
+    images = folder_images(folder)
+    assert sorted(name for name, _ in images) == sorted(sizes)
+    out = predict_images(images, [checkpoint], tmp_path / "maps", {"clahe": {"enabled": True}}, torch.device("cpu"),
+                         hflip=True, progress=False, scales=(0.75, 1.0))
+    for name, shape in sizes.items():
+        path = out / probmaps.map_filename(name)
+        assert probmaps.image_name(path) == name
+        assert probmaps.load(path).shape == (29,) + shape
+    pictures = write_overlays([(name, path, [out / probmaps.map_filename(name)]) for name, path in images],
+                              tmp_path / "overlays", progress=False)
+    assert sorted(p.name for p in pictures.glob("*.png")) == sorted(probmaps.map_filename(n)[:-4] + ".png" for n in sizes)
+    assert cv2.imread(str(pictures / "sub__rgb.png")).shape[0] == 97
+
+
+def test_out_of_fold_images_are_the_folds_validation_images(tmp_path):
+    import pandas as pd
+
+    from handbone.predict import validation_images
+
+    index = pd.DataFrame({
+        "split": ["train"] * 4 + ["test"], "person_id": ["1", "1", "2", "2", "3"],
+        "image_name": ["a.png", "b.png", "c.png", "d.png", "e.png"], "image_path": [f"{x}.png" for x in "abcde"],
+        "label_path": ["x"] * 4 + [""], "height": [8] * 5, "width": [8] * 5,
+    })
+    index.to_csv(tmp_path / "index.csv", index=False)
+    folds = pd.DataFrame({"image_name": ["a.png", "b.png", "c.png", "d.png"], "person_id": ["1", "1", "2", "2"],
+                          "fold": [0, 0, 1, 1], "excluded": [False, True, False, False]})
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 0)] == ["a.png", "b.png"]
+    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 1)] == ["c.png", "d.png"]
+    with pytest.raises(ValueError, match="fold 2"):
+        validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 2)
+
+
+def test_overlay_colours_exactly_the_predicted_pixels():
+    from handbone.overlays import class_colours, overlay_image
+
+    image = np.full((40, 50), 100, np.uint8)
+    quantized = np.zeros((29, 40, 50), np.uint8)
+    quantized[3, 10:30, 10:30] = 200  # above 0.5
+    quantized[5, 0:5, 0:5] = 120  # below 0.5: not drawn
+    picture = overlay_image(image, quantized)
+    assert len(np.unique(class_colours(), axis=0)) == 29
+    inside, untouched = picture[20, 20].astype(int), picture[35, 45].astype(int)
+    assert (untouched == 100).all() and not (inside == 100).all()
+    assert (picture[2, 2] == 100).all()
+    with pytest.raises(ValueError, match="does not match"):
+        overlay_image(image[:, :10], quantized)
+
+
+REAL_RADIOGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_radiographs"
+
+
+@pytest.mark.skipif(not REAL_RADIOGRAPHS.is_dir(), reason="real radiographs are not beside the checkout")
+def test_real_radiographs_including_palette_files_are_read_and_predicted(tmp_path):
+    from PIL import Image
+
+    from handbone import probmaps
+    from handbone.data import read_image
+    from handbone.predict import predict_images
+
+    palette = REAL_RADIOGRAPHS / "rsna_boneage" / "1578.png"
+    assert Image.open(palette).mode == "P"
+    luminance = np.asarray(Image.open(palette).convert("L"), dtype=int)
+    assert np.abs(read_image(palette).astype(int) - luminance).max() <= 1
+    images = [("rsna_boneage/1578.png", palette), ("bone_age_examples/0.png", REAL_RADIOGRAPHS / "bone_age_examples" / "0.png")]
+    out = predict_images(images, [_tiny_checkpoint(tmp_path / "model.pt", "resize")], tmp_path / "maps", {},
+                         torch.device("cpu"), progress=False)
+    assert probmaps.load(out / "rsna_boneage__1578.npz").shape == (29, 2080, 1600)
+    assert probmaps.load(out / "bone_age_examples__0.npz").shape == (29, 910, 592)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -48,8 +49,17 @@ def planned_jobs(output):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    from PIL import Image
+
     workdir = tmp_path_factory.mktemp("run")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    # An extra image folder of odd sizes and PNG modes, predicted and drawn.
+    extra = workdir / "extra"
+    (extra / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).convert("P").save(extra / "palette.png")
+    Image.fromarray(rng.integers(0, 256, (90, 33, 3), dtype=np.uint8)).save(extra / "nested" / "rgb.png")
+    config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "extra_images": {"odd": str(extra)}}}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--cores", "2")
     return workdir
 
@@ -71,16 +81,38 @@ def test_whole_chain_writes_a_valid_submission(finished_run):
     assert (results / "benchmarks" / "train" / "tiny" / "fold0.tsv").is_file()
 
 
+def test_out_of_fold_maps_cover_every_training_image_once(finished_run):
+    results = finished_run / "results"
+    folds = pd.read_csv(results / "splits" / "folds.csv")
+    for fold in (0, 1):
+        maps = sorted(path.name for path in (results / "predictions" / "tiny" / "oof" / f"fold{fold}").glob("*.npz"))
+        expected = sorted(Path(name).stem + ".npz" for name in folds.loc[folds["fold"] == fold, "image_name"])
+        assert maps == expected and maps
+
+
+def test_overlays_of_test_images_and_extra_folders(finished_run):
+    from handbone import probmaps
+
+    results = finished_run / "results"
+    assert len(list((results / "overlays" / "test").glob("*.png"))) == 2
+    odd = results / "predictions" / "tiny" / "extra" / "odd"
+    assert probmaps.load(odd / "palette.npz").shape == (29, 45, 70)
+    assert probmaps.load(odd / "nested__rgb.npz").shape == (29, 90, 33)
+    assert sorted(p.name for p in (results / "overlays" / "extra" / "odd").glob("*.png")) == ["nested__rgb.png", "palette.png"]
+
+
 def test_finished_run_has_nothing_left_to_do(finished_run):
     result = snakemake(finished_run, "-n", "--cores", "24", "--resources", "gpu=3")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
-    changed = {**TINY_CONFIG, "postprocess": {"threshold": 0.4}}
+    changed = {**yaml.safe_load((finished_run / "tiny.yaml").read_text()), "postprocess": {"threshold": 0.4}}
     (finished_run / "threshold.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake(finished_run, "-n", "--cores", "2", configfile="threshold.yaml")
-    assert planned_jobs(result.stdout) == {"all": "1", "score_demo": "1", "submission": "1", "total": "3"}
+    assert planned_jobs(result.stdout) == {
+        "all": "1", "score_demo": "1", "submission": "1", "overlays_test": "1", "overlays_extra": "1", "total": "5"
+    }
 
 
 def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):
