@@ -33,16 +33,20 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def _forward(models, batch: torch.Tensor, hflip: bool) -> torch.Tensor:
-    """Mean sigmoid probabilities of the models (and of the flipped view)."""
+    """Mean sigmoid probabilities of the models (and of the flipped view).
+
+    Sums are taken in place: at 1024 px windows one batch of maps is
+    hundreds of MB, and every avoided temporary counts.
+    """
     views = [batch, batch.flip(-1)] if hflip else [batch]
     total = None
     for model in models:
         for number, view in enumerate(views):
-            probabilities = torch.sigmoid(model(view).float())
+            probabilities = torch.sigmoid_(model(view).float())
             if number == 1:
                 probabilities = probabilities.flip(-1)
-            total = probabilities if total is None else total + probabilities
-    return total / (len(models) * len(views))
+            total = probabilities if total is None else total.add_(probabilities)
+    return total.div_(len(models) * len(views))
 
 
 def _scaled_size(length: int, scale: float) -> int:
@@ -66,7 +70,7 @@ def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, over
     for first in range(0, len(positions), batch_size):
         chunk = positions[first : first + batch_size]
         batch = torch.cat([tensor[:, :, top : top + window, left : left + window] for top, left in chunk])
-        probabilities = _forward(models, batch, hflip) * weights
+        probabilities = _forward(models, batch, hflip).mul_(weights)
         if total is None:
             try:
                 total = torch.zeros((probabilities.shape[1], padded_height, padded_width), device=tensor.device)
@@ -78,7 +82,7 @@ def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, over
         for (top, left), window_probabilities in zip(chunk, probabilities):
             total[:, top : top + window, left : left + window] += window_probabilities
             norm[top : top + window, left : left + window] += window_weights
-    return (total / norm)[None, :, :height, :width]
+    return total.div_(norm)[None, :, :height, :width]
 
 
 @torch.no_grad()
@@ -122,5 +126,5 @@ def predict_probabilities(
         if probabilities.shape[-2:] != (height, width):
             probabilities = F.interpolate(probabilities.to(device), size=(height, width), mode="bilinear", align_corners=False)
         probabilities = probabilities.cpu()
-        mean = probabilities if mean is None else mean + probabilities
-    return (mean / len(scales))[0].numpy()
+        mean = probabilities if mean is None else mean.add_(probabilities)
+    return mean.div_(len(scales))[0].numpy()
