@@ -135,7 +135,7 @@ def high_water_mark_gb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str) -> None:
+def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str, batch_size: int) -> None:
     """Run in a fresh process: predict one 2048 image with TTA, print max RSS."""
     torch.set_num_threads(2)
     model, checkpoint = load_checkpoint(checkpoint_path, torch.device("cpu"))
@@ -143,24 +143,28 @@ def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str) 
     image = np.load(image_path)
     before = high_water_mark_gb()
     _, seconds = timed(lambda: predict_probabilities(
-        [model], image, size, torch.device("cpu"), hflip=True, mode=mode, scales=TTA_SCALES, batch_size=4
+        [model], image, size, torch.device("cpu"), hflip=True, mode=mode, scales=TTA_SCALES, batch_size=batch_size
     ))
     print(f"{high_water_mark_gb():.2f} {before:.2f} {seconds:.1f}")
 
 
 def measure_memory(checkpoint_path: str, window: int, image: np.ndarray, folder: Path) -> None:
     print(f"\n3. Peak memory, one 2048 x 2048 image on the CPU, TTA hflip x scales {list(TTA_SCALES)}, fresh process")
-    print(f"   {'model input':34s} {'peak RSS GB':>11s} {'before predict GB':>18s} {'seconds':>8s}")
+    print(f"   {'model input':42s} {'peak RSS GB':>11s} {'before predict GB':>18s} {'seconds':>8s}")
     image_path = folder / "image.npy"
     np.save(image_path, image)
-    for mode, label in (("resize", "whole image resized"), ("patch", f"{window} px windows, overlap 0.5")):
+    for mode, batch_size, label in (
+        ("resize", 1, "whole image resized"),
+        ("patch", 4, f"{window} px windows, overlap 0.5, batch 4"),
+        ("patch", 1, f"{window} px windows, overlap 0.5, batch 1"),
+    ):
         result = subprocess.run(
             [sys.executable, __file__, "--memory-child", mode, "--checkpoint", checkpoint_path, "--window", str(window),
-             "--image", str(image_path)],
+             "--image", str(image_path), "--batch-size", str(batch_size)],
             capture_output=True, text=True, check=True,
         )
         peak, before, seconds = result.stdout.split()
-        print(f"   {label:34s} {float(peak):11.2f} {float(before):18.2f} {float(seconds):8.1f}")
+        print(f"   {label:42s} {float(peak):11.2f} {float(before):18.2f} {float(seconds):8.1f}")
 
 
 def main() -> None:
@@ -172,9 +176,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-child", choices=["resize", "patch"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.checkpoint, args.memory_child, args.window, args.image)
+        memory_child(args.checkpoint, args.memory_child, args.window, args.image, args.batch_size)
         return
     torch.set_num_threads(2)
     model, checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"))

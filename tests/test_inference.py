@@ -164,19 +164,21 @@ def test_out_of_fold_images_are_the_folds_validation_images(tmp_path):
 
 
 def test_overlay_colours_exactly_the_predicted_pixels():
-    from handbone.overlays import class_colours, overlay_image
+    from handbone.overlays import class_colours, masks_of, overlay_image
+    from handbone.postprocess import PostprocessParams
 
     image = np.full((40, 50), 100, np.uint8)
     quantized = np.zeros((29, 40, 50), np.uint8)
     quantized[3, 10:30, 10:30] = 200  # above 0.5
     quantized[5, 0:5, 0:5] = 120  # below 0.5: not drawn
-    picture = overlay_image(image, quantized)
+    picture = overlay_image(image, masks_of(quantized))
     assert len(np.unique(class_colours(), axis=0)) == 29
     inside, untouched = picture[20, 20].astype(int), picture[35, 45].astype(int)
     assert (untouched == 100).all() and not (inside == 100).all()
     assert (picture[2, 2] == 100).all()
-    with pytest.raises(ValueError, match="does not match"):
-        overlay_image(image[:, :10], quantized)
+    assert not masks_of(quantized, PostprocessParams([0.9] * 29, [0] * 29, [False] * 29))[3].any()
+    with pytest.raises(ValueError, match="do not match"):
+        overlay_image(image[:, :10], masks_of(quantized))
 
 
 REAL_RADIOGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_radiographs"

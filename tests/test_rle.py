@@ -48,3 +48,13 @@ def test_encode_accepts_bool_and_nonzero_values():
 def test_parse_rejects_malformed(text, message):
     with pytest.raises(ValueError, match=message):
         rle.parse(text, size=20)
+
+
+def test_encoding_a_crop_equals_encoding_the_full_mask():
+    rng = np.random.default_rng(1)
+    for shape, (top, bottom, left, right) in [((9, 11), (2, 7, 3, 9)), ((6, 5), (1, 6, 0, 5)), ((8, 8), (0, 8, 0, 8))]:
+        for _ in range(20):
+            mask = np.zeros(shape, np.uint8)
+            mask[top:bottom, left:right] = rng.random((bottom - top, right - left)) > 0.4
+            assert rle.encode_box(mask[top:bottom, left:right], top, left, shape[1]) == rle.encode(mask)
+            assert np.array_equal(rle.decode(rle.encode(mask), shape), mask)

@@ -111,8 +111,33 @@ def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
     (finished_run / "threshold.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake(finished_run, "-n", "--cores", "2", configfile="threshold.yaml")
     assert planned_jobs(result.stdout) == {
-        "all": "1", "score_demo": "1", "submission": "1", "overlays_test": "1", "overlays_extra": "1", "total": "5"
+        "all": "1", "fit_postprocess": "1", "score_demo": "1", "submission": "1", "overlays_test": "1",
+        "overlays_extra": "1", "total": "6",
     }
+
+
+def job_inputs(dry_run_output: str) -> dict[str, list[str]]:
+    """{rule: input files} of every job in `snakemake -n` output."""
+    inputs = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
+        files = re.search(r"^\s+input: (.*)$", block, flags=re.MULTILINE)
+        if rule and files:
+            inputs.setdefault(rule.group(1), []).extend(name.strip() for name in files.group(1).split(","))
+    return inputs
+
+
+def test_fitting_rules_never_read_a_test_set_file(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    inputs = job_inputs(snakemake(tmp_path, "-n", "--cores", "2", "--forceall").stdout)
+    assert "fit_ensemble" in inputs and "fit_postprocess" in inputs
+    for rule in ("fit_ensemble", "fit_postprocess"):
+        test_files = [name for name in inputs[rule] if "test" in Path(name).parts or "index" in Path(name).parts]
+        assert not test_files, f"{rule} reads test-set files {test_files}"
+        assert any("/oof/" in name for name in inputs[rule])
+    # The test maps reach only the rules after the fit.
+    readers = {rule for rule, files in inputs.items() if any(name.startswith("results/predictions/tiny/test") for name in files)}
+    assert readers == {"ensemble"}
 
 
 def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):

@@ -144,21 +144,67 @@ def cmd_overlays(args) -> None:
         if missing:
             raise FileNotFoundError(f"no probability map for {name}: {', '.join(missing)}")
         items.append((name, path, map_paths))
-    write_overlays(items, args.out_dir, args.threshold, args.max_side, _progress(args))
+    from .postprocess import PostprocessParams
+
+    params = PostprocessParams.load(args.params) if args.params else PostprocessParams.plain(args.threshold)
+    write_overlays(items, args.out_dir, params, args.max_side, _progress(args))
     log.info("%d overlay pictures written to %s", len(items), args.out_dir)
 
 
 def cmd_ensemble(args) -> None:
-    from .ensemble import mean_ensemble
+    from .ensemble import ensemble_maps
 
-    mean_ensemble(args.inputs, args.out_dir, progress=_progress(args))
+    ensemble_maps(args.inputs, args.out_dir, args.weights, progress=_progress(args))
     log.info("ensemble of %d model(s) written to %s", len(args.inputs), args.out_dir)
+
+
+def _oof_images(args):
+    from .fitting import oof_maps
+
+    model_dirs = {Path(folder).parent.name: Path(folder) for folder in args.oof}
+    return list(model_dirs), oof_maps(args.folds, model_dirs)
+
+
+def cmd_fit_ensemble(args) -> None:
+    from .atomic import atomic_path
+    from .fitting import fit_ensemble
+
+    models, images = _oof_images(args)
+    chosen, table = fit_ensemble(images, models, args.cache, args.mode, args.weight_step, _progress(args))
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(json.dumps(chosen, indent=2) + "\n")
+    with atomic_path(args.table) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    for _, row in table.iterrows():
+        log.info("OOF Dice %-22s %.4f", row["step"], row["mean_dice"])
+
+
+def cmd_fit_postprocess(args) -> None:
+    import pandas as pd
+
+    from .atomic import atomic_path
+    from .fitting import fit_postprocess
+
+    models, images = _oof_images(args)
+    ensemble = json.loads(Path(args.ensemble).read_text())
+    params, table, kept = fit_postprocess(images, models, args.cache, ensemble, args.options, _progress(args))
+    if args.ensemble_table:
+        table = pd.concat([pd.read_csv(args.ensemble_table), table], ignore_index=True)
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(json.dumps({**params.to_dict(), "steps_kept": kept, "fitted_on_images": len(images)}, indent=2) + "\n")
+    with atomic_path(args.table) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    for _, row in table.iterrows():
+        log.info("OOF Dice %-45s %.4f", row["step"], row["mean_dice"])
+    log.info("post-processing steps kept: %s", ", ".join(name for name, value in kept.items() if value) or "none")
 
 
 def cmd_submit(args) -> None:
     from .ensemble import write_submission
+    from .postprocess import PostprocessParams
 
-    write_submission(args.probabilities, args.index, args.out, args.threshold, progress=_progress(args))
+    params = PostprocessParams.load(args.params) if args.params else PostprocessParams.plain(args.threshold)
+    write_submission(args.probabilities, args.index, args.out, params, progress=_progress(args))
     _validate(args.out, args.index)
 
 
@@ -280,18 +326,41 @@ def build_parser() -> argparse.ArgumentParser:
     image_source(sub)
     sub.add_argument("--maps", nargs="+", required=True, help="folders of .npz maps (one per model; their mean is drawn)")
     sub.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
-    sub.add_argument("--threshold", type=float, default=0.5)
+    sub.add_argument("--params", help="params.json written by fit-postprocess (the submission's masks)")
+    sub.add_argument("--threshold", type=float, default=0.5, help="without --params: one threshold, nothing removed")
     sub.add_argument("--max-side", type=int, default=1024, help="longest side of a picture in pixels")
     sub.add_argument("--out-dir", required=True)
 
-    sub = command("ensemble", cmd_ensemble, "mean of several models' probability maps")
-    sub.add_argument("--inputs", nargs="+", required=True, help="folders of .npz maps, one per model")
+    sub = command("ensemble", cmd_ensemble, "combine several models' probability maps, image by image")
+    sub.add_argument("--inputs", nargs="+", required=True, help="folders of .npz maps, one per model (.../{model}/test)")
+    sub.add_argument("--weights", help="weights.json written by fit-ensemble; without it, the uniform mean")
     sub.add_argument("--out-dir", required=True)
 
-    sub = command("submit", cmd_submit, "threshold probability maps and write a validated submission CSV")
+    def oof_source(sub):
+        sub.add_argument("--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)")
+        sub.add_argument("--folds", required=True, help="folds CSV (excluded images are left out of the fit)")
+        sub.add_argument("--cache", required=True, help="preprocessing cache (the labels)")
+
+    sub = command("fit-ensemble", cmd_fit_ensemble, "fit ensemble weights on out-of-fold maps")
+    oof_source(sub)
+    sub.add_argument("--mode", choices=["uniform", "weighted", "classwise", "hard"], default="uniform")
+    sub.add_argument("--weight-step", type=float, default=0.1, help="spacing of the weight grid")
+    sub.add_argument("--out", required=True, help="weights.json to write")
+    sub.add_argument("--table", required=True, help="CSV of OOF Dice per model and ensemble")
+
+    sub = command("fit-postprocess", cmd_fit_postprocess, "fit thresholds and component filters on out-of-fold maps")
+    oof_source(sub)
+    sub.add_argument("--ensemble", required=True, help="weights.json written by fit-ensemble")
+    sub.add_argument("--ensemble-table", help="fit-ensemble's CSV, put in front of this step's rows")
+    sub.add_argument("--options", type=_json, default={}, help="config.yaml's postprocess section as JSON")
+    sub.add_argument("--out", required=True, help="params.json to write")
+    sub.add_argument("--table", required=True, help="CSV of OOF Dice after each step")
+
+    sub = command("submit", cmd_submit, "post-process probability maps and write a validated submission CSV")
     sub.add_argument("--probabilities", required=True, help="folder of .npz maps")
     sub.add_argument("--index", required=True)
-    sub.add_argument("--threshold", type=float, default=0.5)
+    sub.add_argument("--params", help="params.json written by fit-postprocess")
+    sub.add_argument("--threshold", type=float, default=0.5, help="without --params: one threshold, nothing removed")
     sub.add_argument("--out", required=True)
 
     sub = command("validate-submission", cmd_validate_submission, "check a submission CSV")

@@ -1,54 +1,142 @@
-"""Combining the models' probability maps and writing the submission."""
+"""Combining the models' probability maps and writing the submission.
+
+Everything streams image by image and works on each class's crop (see
+``probmaps``), so memory does not grow with the number of images and a
+2048 x 2048 image costs what its bones cover, not 29 full planes.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import probmaps
+from . import probmaps, rle
 from .atomic import atomic_path
+from .classes import NUM_CLASSES
 from .data import read_index
+from .postprocess import PostprocessParams, class_mask
 from .submission import SubmissionWriter
 
-
-def mean_quantized(paths: list[str | Path]) -> np.ndarray:
-    """The uint8 mean (rounded) of several maps of one image."""
-    total = None
-    for path in paths:
-        quantized = probmaps.load_quantized(path).astype(np.uint16)
-        total = quantized if total is None else total + quantized
-    return ((total + len(paths) // 2) // len(paths)).astype(np.uint8)
+MODES = ("uniform", "weighted", "classwise", "hard")
 
 
-def mean_ensemble(model_dirs: list[str | Path], out_dir: str | Path, progress: bool = True) -> Path:
-    """Uniform soft vote: the mean probability map over models, image by image."""
+def uniform_weights(models: int) -> np.ndarray:
+    return np.full((NUM_CLASSES, models), 1.0 / models)
+
+
+def union_box(boxes) -> tuple[int, int, int, int]:
+    boxes = [box for box in boxes if box[1] > box[0] and box[3] > box[2]]
+    if not boxes:
+        return 0, 0, 0, 0
+    boxes = np.array(boxes)
+    return int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max())
+
+
+def combine(maps, weights: np.ndarray | None = None, hard: bool = False):
+    """One image's maps of several models, each ``(shape, boxes, crops)`` as
+    from ``probmaps.load_crops``, combined per class into (shape, boxes, crops):
+
+    - soft vote: sum of ``weights[class, model]`` x probability (weights of a
+      class sum to 1; None: uniform), rounded to uint8;
+    - hard vote (``hard``): 255 x (models whose probability > 0.5) // models,
+      so the 0.5 threshold keeps pixels a strict majority voted for.
+    """
+    shapes = {tuple(shape) for shape, _, _ in maps}
+    if len(shapes) != 1:
+        raise ValueError(f"maps of one image have different shapes {sorted(shapes)}")
+    count = len(maps)
+    weights = uniform_weights(count) if weights is None else np.asarray(weights, dtype=np.float64)
+    boxes, crops = [], []
+    for number in range(NUM_CLASSES):
+        box = top, bottom, left, right = union_box([model_boxes[number] for _, model_boxes, _ in maps])
+        total = np.zeros((bottom - top, right - left), dtype=np.float32 if not hard else np.uint16)
+        for model, (_, model_boxes, model_crops) in enumerate(maps):
+            crop = model_crops[number]
+            if crop.size == 0:
+                continue
+            y0, y1, x0, x1 = model_boxes[number]
+            window = total[y0 - top : y1 - top, x0 - left : x1 - left]
+            if hard:
+                window += crop > 127.5
+            elif weights[number, model]:
+                window += np.float32(weights[number, model]) * crop
+        if hard:
+            combined = (255 * total // count).astype(np.uint8)
+        else:
+            combined = np.minimum(total + 0.5, 255).astype(np.uint8)
+        boxes.append(box)
+        crops.append(combined)
+    return shapes.pop(), boxes, crops
+
+
+def read_weights(path: str | Path, models: list[str]) -> tuple[np.ndarray, bool]:
+    """(29, models) weights and whether it is a hard vote, from weights.json,
+    in the order of ``models`` (the folders' model names)."""
+    document = json.loads(Path(path).read_text())
+    if sorted(document["models"]) != sorted(models):
+        raise ValueError(f"{path} has weights for models {document['models']}, but the maps are of {models}")
+    order = [document["models"].index(model) for model in models]
+    weights = np.asarray(document["weights"], dtype=np.float64)[:, order]
+    return weights, document["mode"] == "hard"
+
+
+def _model_name(directory: Path) -> str:
+    """results/predictions/{model}/test -> model."""
+    return directory.parent.name
+
+
+def ensemble_maps(
+    model_dirs: list[str | Path], out_dir: str | Path, weights_path: str | Path | None = None, progress: bool = True
+) -> Path:
+    """Combine the models' maps of every image (uniform soft vote, or the
+    fitted weights / hard vote of ``weights_path``) into ``out_dir``."""
     model_dirs = [Path(directory) for directory in model_dirs]
     names = sorted(path.name for path in model_dirs[0].glob("*.npz"))
     for directory in model_dirs[1:]:
-        other = sorted(path.name for path in directory.glob("*.npz"))
-        if other != names:
+        if sorted(path.name for path in directory.glob("*.npz")) != names:
             raise ValueError(f"{directory} and {model_dirs[0]} hold maps of different images")
+    weights, hard = (None, False)
+    if weights_path:
+        weights, hard = read_weights(weights_path, [_model_name(directory) for directory in model_dirs])
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for name in tqdm(names, desc="ensemble", disable=not progress):
-            mean = mean_quantized([directory / name for directory in model_dirs])
-            probmaps.save(staging / name, mean, probmaps.image_name(model_dirs[0] / name))
+            maps = [probmaps.load_crops(directory / name) for directory in model_dirs]
+            shape, boxes, crops = combine(maps, weights, hard)
+            probmaps.save_crops(staging / name, shape, boxes, crops, probmaps.image_name(model_dirs[0] / name))
     return Path(out_dir)
 
 
+def mean_quantized(paths: list[str | Path]) -> np.ndarray:
+    """The uint8 uniform mean of several maps of one image, as a full array."""
+    (classes, height, width), boxes, crops = combine([probmaps.load_crops(path) for path in paths])
+    result = np.zeros((classes, height, width), dtype=np.uint8)
+    for number, ((top, bottom, left, right), crop) in enumerate(zip(boxes, crops)):
+        result[number, top:bottom, left:right] = crop
+    return result
+
+
+def image_rles(path: str | Path, params: PostprocessParams) -> list[str]:
+    """The 29 RLE strings of one image's map after post-processing."""
+    (_, _, width), boxes, crops = probmaps.load_crops(path)
+    return [
+        rle.encode_box(class_mask(crop, number, params), int(box[0]), int(box[2]), width) if crop.size else ""
+        for number, (box, crop) in enumerate(zip(boxes, crops))
+    ]
+
+
 def write_submission(
-    prob_dir: str | Path, index_path: str | Path, out: str | Path, threshold: float = 0.5, progress: bool = True
+    prob_dir: str | Path, index_path: str | Path, out: str | Path, params: PostprocessParams, progress: bool = True
 ) -> Path:
-    """Threshold every test image's map and write ``image_name,class,rle``.
+    """Post-process every test image's map and write ``image_name,class,rle``.
 
     Images come in the index's order; a test image without a map is an error.
     """
     prob_dir = Path(prob_dir)
     index = read_index(index_path, "test")
-    # Compare in the quantised domain: p > threshold  <=>  q > threshold * 255.
-    cut = threshold * 255
     with atomic_path(out) as temporary:
         with open(temporary, "w", newline="") as handle:
             writer = SubmissionWriter(handle)
@@ -56,5 +144,7 @@ def write_submission(
                 path = prob_dir / probmaps.map_filename(name)
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no probability map for test image {name}")
-                writer.write_image(name, probmaps.load_quantized(path) > cut)
+                writer.write_rles(name, image_rles(path, params))
     return Path(out)
+
+

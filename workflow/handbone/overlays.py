@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_image
+from .postprocess import PostprocessParams, class_mask
 
 
 def class_colours() -> np.ndarray:
@@ -22,16 +23,21 @@ def class_colours() -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0]
 
 
-def overlay_image(image: np.ndarray, quantized: np.ndarray, threshold: float = 0.5, alpha: float = 0.4) -> np.ndarray:
-    """BGR picture of a grayscale uint8 image with each class's mask
-    (``quantized`` uint8 probabilities above ``threshold``) filled
+def masks_of(quantized: np.ndarray, params: PostprocessParams | None = None) -> np.ndarray:
+    """(29, H, W) bool masks of a uint8 map, post-processed by ``params``
+    (default: probability above 0.5)."""
+    params = params or PostprocessParams.plain()
+    return np.stack([class_mask(channel, number, params) for number, channel in enumerate(quantized)])
+
+
+def overlay_image(image: np.ndarray, masks: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """BGR picture of a grayscale uint8 image with each class's mask filled
     half-transparent and outlined, so overlapping bones stay visible."""
-    if quantized.shape[1:] != image.shape:
-        raise ValueError(f"map of shape {quantized.shape[1:]} does not match the image's {image.shape}")
+    if masks.shape[1:] != image.shape:
+        raise ValueError(f"masks of shape {masks.shape[1:]} do not match the image's {image.shape}")
     picture = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
     colours = class_colours()
     thickness = max(1, round(max(image.shape) / 700))
-    masks = quantized > threshold * 255
     for number in range(NUM_CLASSES):
         mask = masks[number]
         if not mask.any():
@@ -62,7 +68,7 @@ def _legend(height: int, present: np.ndarray) -> np.ndarray:
 def write_overlays(
     items: list[tuple[str, Path, list[Path]]],
     out_dir: str | Path,
-    threshold: float = 0.5,
+    params: PostprocessParams | None = None,
     max_side: int = 1024,
     progress: bool = True,
 ) -> Path:
@@ -76,13 +82,13 @@ def write_overlays(
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for name, image_path, map_paths in tqdm(items, desc="overlays", disable=not progress):
-            quantized = mean_quantized(map_paths)
-            picture = overlay_image(read_image(image_path), quantized, threshold)
+            masks = masks_of(mean_quantized(map_paths), params)
+            picture = overlay_image(read_image(image_path), masks)
             factor = max_side / max(picture.shape[:2])
             if factor < 1:
                 size = (round(picture.shape[1] * factor), round(picture.shape[0] * factor))
                 picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
-            present = (quantized > threshold * 255).reshape(NUM_CLASSES, -1).any(axis=1)
+            present = masks.reshape(NUM_CLASSES, -1).any(axis=1)
             picture = np.concatenate([picture, _legend(picture.shape[0], present)], axis=1)
             target = staging / map_filename(name).replace(".npz", ".png")
             if not cv2.imwrite(str(target), picture):

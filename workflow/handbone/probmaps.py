@@ -40,6 +40,8 @@ def quantize(probabilities: np.ndarray) -> np.ndarray:
 
 
 def _box(channel: np.ndarray) -> tuple[int, int, int, int]:
+    if channel.size == 0:
+        return 0, 0, 0, 0
     rows = np.flatnonzero(channel.max(axis=1) >= FLOOR)
     if rows.size == 0:
         return 0, 0, 0, 0
@@ -59,35 +61,53 @@ def _delta_decode(coded: np.ndarray) -> np.ndarray:
 def save(path: str | Path, probabilities: np.ndarray, image_name: str) -> None:
     """Save float probabilities (or already quantised uint8), atomically."""
     data = probabilities if probabilities.dtype == np.uint8 else quantize(probabilities)
-    boxes = np.array([_box(channel) for channel in data], dtype=np.int64)
-    crops = {}
-    for number, (top, bottom, left, right) in enumerate(boxes):
-        crop = data[number, top:bottom, left:right].copy()
-        crop[crop < FLOOR] = 0  # negligible values inside a box, too: zeros compress best
-        crops[f"class_{number:02d}"] = _delta_encode(crop)
+    height, width = data.shape[1:]
+    save_crops(path, data.shape, [(0, height, 0, width)] * len(data), list(data), image_name)
+
+
+def save_crops(path: str | Path, shape, boxes, crops, image_name: str) -> None:
+    """Save a map given per class as a uint8 crop and its (top, bottom,
+    left, right) box; each crop is trimmed to its values of at least FLOOR."""
+    stored_boxes = np.zeros((len(crops), 4), dtype=np.int64)
+    arrays = {}
+    for number, ((top, _, left, _), crop) in enumerate(zip(boxes, crops)):
+        inner_top, inner_bottom, inner_left, inner_right = _box(crop)
+        trimmed = crop[inner_top:inner_bottom, inner_left:inner_right].copy()
+        trimmed[trimmed < FLOOR] = 0  # negligible values inside a box, too: zeros compress best
+        if trimmed.size:
+            stored_boxes[number] = (top + inner_top, top + inner_bottom, left + inner_left, left + inner_right)
+        arrays[f"class_{number:02d}"] = _delta_encode(trimmed)
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.savez_compressed(
-                handle, shape=np.array(data.shape, dtype=np.int64), boxes=boxes, image_name=np.array(image_name), **crops
+                handle, shape=np.array(shape, dtype=np.int64), boxes=stored_boxes, image_name=np.array(image_name), **arrays
             )
+
+
+def load_crops(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray, list[np.ndarray]]:
+    """The map as stored: (29, H, W), the (29, 4) boxes and the uint8 crops.
+    Working on crops skips the empty rest of the image."""
+    with np.load(path) as archive:
+        shape = tuple(int(value) for value in archive["shape"])
+        boxes = archive["boxes"]
+        crops = [_delta_decode(archive[f"class_{number:02d}"]) for number in range(shape[0])]
+    return shape, boxes, crops
 
 
 def load_quantized(path: str | Path, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """uint8 (29, h, w) map: the whole image, or ``window`` = (top, bottom,
     left, right) of it."""
-    with np.load(path) as archive:
-        classes, height, width = (int(value) for value in archive["shape"])
-        top, bottom, left, right = window if window is not None else (0, height, 0, width)
-        result = np.zeros((classes, bottom - top, right - left), dtype=np.uint8)
-        for number, (box_top, box_bottom, box_left, box_right) in enumerate(archive["boxes"]):
-            y0, y1 = max(top, box_top), min(bottom, box_bottom)
-            x0, x1 = max(left, box_left), min(right, box_right)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            crop = _delta_decode(archive[f"class_{number:02d}"])
-            result[number, y0 - top : y1 - top, x0 - left : x1 - left] = crop[
-                y0 - box_top : y1 - box_top, x0 - box_left : x1 - box_left
-            ]
+    (classes, height, width), boxes, crops = load_crops(path)
+    top, bottom, left, right = window if window is not None else (0, height, 0, width)
+    result = np.zeros((classes, bottom - top, right - left), dtype=np.uint8)
+    for number, ((box_top, box_bottom, box_left, box_right), crop) in enumerate(zip(boxes, crops)):
+        y0, y1 = max(top, box_top), min(bottom, box_bottom)
+        x0, x1 = max(left, box_left), min(right, box_right)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        result[number, y0 - top : y1 - top, x0 - left : x1 - left] = crop[
+            y0 - box_top : y1 - box_top, x0 - box_left : x1 - box_left
+        ]
     return result
 
 

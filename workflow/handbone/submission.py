@@ -75,5 +75,10 @@ class SubmissionWriter:
 
     def write_image(self, image_name: str, masks) -> None:
         """Write the 29 rows of one image from a (29, H, W) binary mask."""
-        for class_name, mask in zip(CLASSES, masks):
-            self._writer.writerow([image_name, class_name, rle.encode(mask)])
+        self.write_rles(image_name, [rle.encode(mask) for mask in masks])
+
+    def write_rles(self, image_name: str, rles: list[str]) -> None:
+        """Write the 29 rows of one image from its RLE strings, in class order."""
+        if len(rles) != len(CLASSES):
+            raise ValueError(f"{image_name}: {len(rles)} RLE strings, expected {len(CLASSES)}")
+        self._writer.writerows([image_name, class_name, text] for class_name, text in zip(CLASSES, rles))

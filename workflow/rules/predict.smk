@@ -73,6 +73,7 @@ rule overlays_test:
     input:
         index="results/index/index.csv",
         maps="results/ensemble/test",
+        params="results/postprocess/params.json",
     output:
         report(
             directory("results/overlays/test"),
@@ -83,7 +84,6 @@ rule overlays_test:
         ),
     params:
         limit=config["predict"]["overlay_test_images"],
-        threshold=config["postprocess"]["threshold"],
     log:
         "results/logs/overlays/test.log",
     benchmark:
@@ -93,7 +93,7 @@ rule overlays_test:
         ENV
     shell:
         "python -m handbone --quiet overlays --index {input.index:q} --split test --maps {input.maps:q}"
-        " --limit {params.limit} --threshold {params.threshold} --out-dir {output:q} 2> {log:q}"
+        " --limit {params.limit} --params {input.params:q} --out-dir {output:q} 2> {log:q}"
 
 
 rule overlays_extra:

@@ -1,9 +1,66 @@
-# Ensemble, threshold, submission CSV and (demo only) the held-out score.
+# Ensemble and post-processing: fitted on out-of-fold maps only, frozen,
+# then applied to the test maps; the submission CSV; the held-out score
+# (demo only).
+
+
+rule fit_ensemble:
+    input:
+        oof=expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS),
+        folds="results/splits/folds.csv",
+        cache=CACHE,
+    output:
+        weights="results/ensemble/weights.json",
+        table="results/ensemble/oof_scores.csv",
+    params:
+        oof=expand("results/predictions/{model}/oof", model=MODELS),
+        mode=config["ensemble"]["mode"],
+        step=config["ensemble"]["weight_step"],
+    log:
+        "results/logs/fit_ensemble.log",
+    benchmark:
+        "results/benchmarks/fit_ensemble.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet fit-ensemble --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
+        " --mode {params.mode:q} --weight-step {params.step} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
+
+
+rule fit_postprocess:
+    input:
+        oof=expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS),
+        folds="results/splits/folds.csv",
+        cache=CACHE,
+        weights="results/ensemble/weights.json",
+        ensemble_table="results/ensemble/oof_scores.csv",
+    output:
+        params="results/postprocess/params.json",
+        table=report(
+            "results/postprocess/oof_scores.csv",
+            caption="../report/oof_scores.rst",
+            category="3. Ensemble and post-processing",
+        ),
+    params:
+        oof=expand("results/predictions/{model}/oof", model=MODELS),
+        options=as_json(config["postprocess"]),
+    log:
+        "results/logs/fit_postprocess.log",
+    benchmark:
+        "results/benchmarks/fit_postprocess.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet fit-postprocess --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
+        " --ensemble {input.weights:q} --ensemble-table {input.ensemble_table:q} --options {params.options:q}"
+        " --out {output.params:q} --table {output.table:q} 2> {log:q}"
 
 
 rule ensemble:
     input:
-        expand("results/predictions/{model}/test", model=MODELS),
+        maps=expand("results/predictions/{model}/test", model=MODELS),
+        weights="results/ensemble/weights.json",
     output:
         directory("results/ensemble/test"),
     log:
@@ -14,17 +71,16 @@ rule ensemble:
     conda:
         ENV
     shell:
-        "python -m handbone --quiet ensemble --inputs {input:q} --out-dir {output:q} 2> {log:q}"
+        "python -m handbone --quiet ensemble --inputs {input.maps:q} --weights {input.weights:q} --out-dir {output:q} 2> {log:q}"
 
 
 rule submission:
     input:
         probabilities="results/ensemble/test",
         index="results/index/index.csv",
+        params="results/postprocess/params.json",
     output:
         "results/submission.csv",
-    params:
-        threshold=config["postprocess"]["threshold"],
     log:
         "results/logs/submission.log",
     benchmark:
@@ -34,7 +90,7 @@ rule submission:
         ENV
     shell:
         "python -m handbone --quiet submit --probabilities {input.probabilities:q} --index {input.index:q}"
-        " --threshold {params.threshold} --out {output:q} 2> {log:q}"
+        " --params {input.params:q} --out {output:q} 2> {log:q}"
 
 
 rule score_demo:
@@ -47,7 +103,7 @@ rule score_demo:
         per_class=report(
             "results/scores/holdout_per_class.csv",
             caption="../report/holdout.rst",
-            category="3. Held-out score (demo)",
+            category="5. Held-out score (demo)",
         ),
         per_image="results/scores/holdout_per_image.csv",
     log:
