@@ -71,7 +71,7 @@ def _placed(box, crop, region) -> np.ndarray:
     return out
 
 
-def weight_candidates(models: int, step: float) -> tuple[np.ndarray, list[str]]:
+def weight_candidates(models: int, step: float) -> np.ndarray:
     """Soft-vote weight vectors to try: each model alone, the uniform mean
     and every point of the simplex grid with spacing ``step``."""
     parts = max(1, round(1 / step))
@@ -80,8 +80,7 @@ def weight_candidates(models: int, step: float) -> tuple[np.ndarray, list[str]]:
         raise ValueError(f"{len(grid)} weight combinations for {models} models at step {step}: use a larger ensemble.weight_step")
     vectors = [np.eye(models)[model] for model in range(models)] + [np.full(models, 1 / models)]
     vectors += [np.array(combo, dtype=np.float64) / parts for combo in grid]
-    labels = [f"model {model}" for model in range(models)] + ["uniform"] + ["grid"] * len(grid)
-    return np.array(vectors), labels
+    return np.array(vectors)
 
 
 def fit_ensemble(
@@ -94,7 +93,8 @@ def fit_ensemble(
     best single weight vector ('weighted'), the best vector per class
     ('classwise') and the hard vote.
     """
-    candidates, _ = weight_candidates(len(models), step)
+    candidates = weight_candidates(len(models), step)
+    uniform = len(models)  # the candidates' order: each model alone, then the uniform mean
     sums = np.zeros((len(candidates), NUM_CLASSES))
     hard_sums = np.zeros(NUM_CLASSES)
     for stem, paths in tqdm(images, desc="fit ensemble", disable=not progress):
@@ -116,10 +116,11 @@ def fit_ensemble(
             hard = 255 * votes // len(models) > 127.5
             hard_sums[number] += _dice((hard & gt).sum(), hard.sum(), actual)
     scores, hard_scores = sums / len(images), hard_sums / len(images)
-    weighted = int(np.argmax(scores.mean(axis=1)))
-    classwise = np.argmax(scores, axis=0)
+    # Ties go to the uniform mean: weights move only where they buy Dice.
+    weighted = int(_best_per_class(scores.mean(axis=1, keepdims=True), uniform)[0])
+    classwise = _best_per_class(scores, uniform)
     rows = {f"model {model}": scores[number] for number, model in enumerate(models)}
-    rows["uniform ensemble"] = scores[len(models)]
+    rows["uniform ensemble"] = scores[uniform]
     rows["weighted ensemble"] = scores[weighted]
     rows["class-wise ensemble"] = scores[classwise, np.arange(NUM_CLASSES)]
     rows["hard vote"] = hard_scores
