@@ -130,6 +130,13 @@ def cmd_predict(args) -> None:
     log.info("probability maps of %d images written to %s", len(images), args.out_dir)
 
 
+def _postprocess_params(args):
+    """The frozen post-processing of --params, or one --threshold."""
+    from .postprocess import PostprocessParams
+
+    return PostprocessParams.load(args.params) if args.params else PostprocessParams.plain(args.threshold)
+
+
 def cmd_overlays(args) -> None:
     from .overlays import write_overlays
     from .probmaps import map_filename
@@ -144,10 +151,7 @@ def cmd_overlays(args) -> None:
         if missing:
             raise FileNotFoundError(f"no probability map for {name}: {', '.join(missing)}")
         items.append((name, path, map_paths))
-    from .postprocess import PostprocessParams
-
-    params = PostprocessParams.load(args.params) if args.params else PostprocessParams.plain(args.threshold)
-    write_overlays(items, args.out_dir, params, args.max_side, _progress(args))
+    write_overlays(items, args.out_dir, _postprocess_params(args), args.max_side, _progress(args))
     log.info("%d overlay pictures written to %s", len(items), args.out_dir)
 
 
@@ -201,10 +205,8 @@ def cmd_fit_postprocess(args) -> None:
 
 def cmd_submit(args) -> None:
     from .ensemble import write_submission
-    from .postprocess import PostprocessParams
 
-    params = PostprocessParams.load(args.params) if args.params else PostprocessParams.plain(args.threshold)
-    write_submission(args.probabilities, args.index, args.out, params, progress=_progress(args))
+    write_submission(args.probabilities, args.index, args.out, _postprocess_params(args), progress=_progress(args))
     _validate(args.out, args.index)
 
 

@@ -70,8 +70,10 @@ def predict_images(
     models = [model for model, _ in loaded]
     input_size, mode = inputs.pop()
     filenames = [probmaps.map_filename(name) for name, _ in images]
-    if len(set(filenames)) != len(filenames):
-        raise DataError(f"two images would share a map file name in {out_dir}")
+    shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})
+    if shared:
+        names = [name for (name, _), filename in zip(images, filenames) if filename in shared]
+        raise DataError(f"images {names[:6]} would share map file names {shared[:3]} in {out_dir}")
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for (name, path), filename in tqdm(zip(images, filenames), total=len(images), desc=description, disable=not progress):
