@@ -29,11 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
 from handbone import probmaps, rle
 from handbone.data import index_data_root, mask_for_row, read_index
 from handbone.ensemble import ensemble_maps, write_submission
-from handbone.fitting import fit_ensemble, oof_maps
+from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
 from handbone.metrics import score_submission, summarize
 from handbone.postprocess import PostprocessParams
 from handbone.synthetic import SyntheticConfig, generate
@@ -95,7 +96,7 @@ def run_timed(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - started, peak_kb / 1e6
 
 
-def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[int]) -> None:
+def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[int], args_threads: int) -> None:
     rng = np.random.default_rng(0)
     unique = []  # per unique image, per model, a saved map
     for number, truth in enumerate(truth_masks):
@@ -110,7 +111,7 @@ def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[in
     params.largest = [True] * 29
     (folder / "params.json").write_text(json.dumps(params.to_dict()))
     print(f"\n2. Ensemble ({MODELS} models, uniform) + post-processing (threshold, min area, largest component) + CSV,")
-    print(f"   maps of 29 x {truth_masks[0].shape[1]} x {truth_masks[0].shape[2]}, one process per stage, 2-core machine")
+    print(f"   maps of 29 x {truth_masks[0].shape[1]} x {truth_masks[0].shape[2]}, one process per stage, {args_threads} threads, 2-core machine")
     print(f"   {'images':>6s} {'ensemble s':>10s} {'peak GB':>8s} {'submit s':>9s} {'peak GB':>8s} {'images/s':>9s}")
     for count in counts:
         run = folder / f"run{count}"
@@ -127,10 +128,10 @@ def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[in
         handbone = [sys.executable, "-m", "handbone", "--quiet"]
         ensemble_seconds, ensemble_peak = run_timed(handbone + [
             "ensemble", "--inputs", *[str(run / f"model{model}" / "test") for model in range(MODELS)],
-            "--out-dir", str(run / "ensemble")])
+            "--out-dir", str(run / "ensemble"), "--threads", str(args_threads)])
         submit_seconds, submit_peak = run_timed(handbone + [
             "submit", "--probabilities", str(run / "ensemble"), "--index", str(run / "index.csv"),
-            "--params", str(folder / "params.json"), "--out", str(run / "submission.csv")])
+            "--params", str(folder / "params.json"), "--out", str(run / "submission.csv"), "--threads", str(args_threads)])
         rate = count / (ensemble_seconds + submit_seconds)
         print(f"   {count:6d} {ensemble_seconds:10.1f} {ensemble_peak:8.2f} {submit_seconds:9.1f} {submit_peak:8.2f} {rate:9.2f}")
 
@@ -145,8 +146,6 @@ def demo_comparison(results: Path) -> None:
     images = oof_maps(results / "splits" / "folds.csv", {model: results / "predictions" / model / "oof" for model in models})
     index = read_index(results / "index" / "index.csv", "test")
     truth = results / "demo" / "ground_truth" / "test"
-    post = json.loads((results / "postprocess" / "params.json").read_text())
-    fitted_params = PostprocessParams(post["thresholds"], post["min_area"], post["largest"])
 
     def held_out(model_dirs, weights, params, folder: Path) -> float:
         weights_path = None
@@ -174,10 +173,11 @@ def demo_comparison(results: Path) -> None:
             ("weighted ensemble (fitted)", oof["weighted ensemble"], test_dirs, chosen["weighted"], plain),
             ("class-wise ensemble (fitted)", oof["class-wise ensemble"], test_dirs, chosen["classwise"], plain),
         ]
-        steps = pd.read_csv(results / "postprocess" / "oof_scores.csv").set_index("step")["mean_dice"]
-        variants.append((f"{post.get('mode', 'workflow')} ensemble + post-processing (workflow)",
-                         steps.iloc[-1], test_dirs, json.loads((results / "ensemble" / "weights.json").read_text()),
-                         fitted_params))
+        options = yaml.safe_load(Path("config.yaml").read_text())["postprocess"]
+        for mode in ("uniform", "classwise"):
+            params, steps, _ = fit_postprocess(images, models, cache, chosen[mode], options, progress=False)
+            variants.append((f"{mode} ensemble + post-processing (fitted on OOF)", steps["mean_dice"].iloc[-1],
+                             test_dirs, chosen[mode], params))
         for number, (label, oof_dice, dirs, weights, params) in enumerate(variants):
             folder = scratch / str(number)
             folder.mkdir()
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--unique", type=int, default=8, help="distinct synthetic images behind the maps")
     parser.add_argument("--results", default="results")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="--threads of ensemble and submit (the rules use 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -202,7 +203,7 @@ def main() -> None:
         index = index_data_root(generate(folder / "set", config, progress=False) / "data")
         truth = [mask_for_row(row) for _, row in index[index["split"] == "train"].head(args.unique).iterrows()]
         compare_rle(truth[0])
-        stage_benchmark(folder, truth, args.images)
+        stage_benchmark(folder, truth, args.images, args.threads)
     if not args.skip_demo:
         demo_comparison(Path(args.results))
 

@@ -158,7 +158,7 @@ def cmd_overlays(args) -> None:
 def cmd_ensemble(args) -> None:
     from .ensemble import ensemble_maps
 
-    ensemble_maps(args.inputs, args.out_dir, args.weights, progress=_progress(args))
+    ensemble_maps(args.inputs, args.out_dir, args.weights, progress=_progress(args), workers=args.threads)
     log.info("ensemble of %d model(s) written to %s", len(args.inputs), args.out_dir)
 
 
@@ -206,7 +206,9 @@ def cmd_fit_postprocess(args) -> None:
 def cmd_submit(args) -> None:
     from .ensemble import write_submission
 
-    write_submission(args.probabilities, args.index, args.out, _postprocess_params(args), progress=_progress(args))
+    write_submission(
+        args.probabilities, args.index, args.out, _postprocess_params(args), progress=_progress(args), workers=args.threads
+    )
     _validate(args.out, args.index)
 
 
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--inputs", nargs="+", required=True, help="folders of .npz maps, one per model (.../{model}/test)")
     sub.add_argument("--weights", help="weights.json written by fit-ensemble; without it, the uniform mean")
     sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--threads", type=int, default=1, help="images processed at once")
 
     def oof_source(sub):
         sub.add_argument("--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)")
@@ -364,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--params", help="params.json written by fit-postprocess")
     sub.add_argument("--threshold", type=float, default=0.5, help="without --params: one threshold, nothing removed")
     sub.add_argument("--out", required=True)
+    sub.add_argument("--threads", type=int, default=1, help="images processed at once")
 
     sub = command("validate-submission", cmd_validate_submission, "check a submission CSV")
     sub.add_argument("submission")

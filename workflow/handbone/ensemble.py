@@ -8,6 +8,7 @@ Everything streams image by image and works on each class's crop (see
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,20 @@ def _model_name(directory: Path) -> str:
     return directory.parent.name
 
 
+def _in_parallel(function, items, workers: int, description: str, progress: bool):
+    """``function`` over ``items`` in ``workers`` threads, results in order.
+    Decompression, OpenCV and most numpy work release the GIL, so threads
+    use several cores without copying maps between processes."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        yield from tqdm(pool.map(function, items), total=len(items), desc=description, disable=not progress)
+
+
 def ensemble_maps(
-    model_dirs: list[str | Path], out_dir: str | Path, weights_path: str | Path | None = None, progress: bool = True
+    model_dirs: list[str | Path],
+    out_dir: str | Path,
+    weights_path: str | Path | None = None,
+    progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Combine the models' maps of every image (uniform soft vote, or the
     fitted weights / hard vote of ``weights_path``) into ``out_dir``."""
@@ -103,10 +116,14 @@ def ensemble_maps(
         weights, hard = read_weights(weights_path, [_model_name(directory) for directory in model_dirs])
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
-        for name in tqdm(names, desc="ensemble", disable=not progress):
+
+        def one_image(name):
             maps = [probmaps.load_crops(directory / name) for directory in model_dirs]
             shape, boxes, crops = combine(maps, weights, hard)
             probmaps.save_crops(staging / name, shape, boxes, crops, probmaps.image_name(model_dirs[0] / name))
+
+        for _ in _in_parallel(one_image, names, workers, "ensemble", progress):
+            pass
     return Path(out_dir)
 
 
@@ -129,22 +146,29 @@ def image_rles(path: str | Path, params: PostprocessParams) -> list[str]:
 
 
 def write_submission(
-    prob_dir: str | Path, index_path: str | Path, out: str | Path, params: PostprocessParams, progress: bool = True
+    prob_dir: str | Path,
+    index_path: str | Path,
+    out: str | Path,
+    params: PostprocessParams,
+    progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Post-process every test image's map and write ``image_name,class,rle``.
 
     Images come in the index's order; a test image without a map is an error.
     """
     prob_dir = Path(prob_dir)
-    index = read_index(index_path, "test")
+    names = list(read_index(index_path, "test")["image_name"])
+    paths = [prob_dir / probmaps.map_filename(name) for name in names]
+    missing = [f"{name} ({path})" for name, path in zip(names, paths) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no probability map for {len(missing)} test image(s), e.g. {missing[:3]}")
     with atomic_path(out) as temporary:
         with open(temporary, "w", newline="") as handle:
             writer = SubmissionWriter(handle)
-            for name in tqdm(index["image_name"], desc="submission", disable=not progress):
-                path = prob_dir / probmaps.map_filename(name)
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: no probability map for test image {name}")
-                writer.write_rles(name, image_rles(path, params))
+            rles = _in_parallel(lambda path: image_rles(path, params), paths, workers, "submission", progress)
+            for name, image_rle in zip(names, rles):
+                writer.write_rles(name, image_rle)
     return Path(out)
 
 

@@ -55,7 +55,12 @@ def _delta_encode(crop: np.ndarray) -> np.ndarray:
 
 
 def _delta_decode(coded: np.ndarray) -> np.ndarray:
-    return np.cumsum(np.cumsum(coded, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8)
+    # The sum down the rows runs row by row: numpy's cumsum along axis 0 of
+    # a C-ordered array is about 10x slower than adding whole rows.
+    decoded = np.array(coded, dtype=np.uint8)
+    for row in range(1, decoded.shape[0]):
+        np.add(decoded[row], decoded[row - 1], out=decoded[row])
+    return np.cumsum(decoded, axis=1, dtype=np.uint8)
 
 
 def save(path: str | Path, probabilities: np.ndarray, image_name: str) -> None:

@@ -67,11 +67,12 @@ rule ensemble:
         "results/logs/ensemble.log",
     benchmark:
         "results/benchmarks/ensemble.tsv"
-    threads: 1
+    threads: 2
     conda:
         ENV
     shell:
-        "python -m handbone --quiet ensemble --inputs {input.maps:q} --weights {input.weights:q} --out-dir {output:q} 2> {log:q}"
+        "python -m handbone --quiet ensemble --inputs {input.maps:q} --weights {input.weights:q} --out-dir {output:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule submission:
@@ -85,12 +86,12 @@ rule submission:
         "results/logs/submission.log",
     benchmark:
         "results/benchmarks/submission.tsv"
-    threads: 1
+    threads: 2
     conda:
         ENV
     shell:
         "python -m handbone --quiet submit --probabilities {input.probabilities:q} --index {input.index:q}"
-        " --params {input.params:q} --out {output:q} 2> {log:q}"
+        " --params {input.params:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 rule score_demo:
