@@ -111,7 +111,7 @@ def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
     (finished_run / "threshold.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake(finished_run, "-n", "--cores", "2", configfile="threshold.yaml")
     assert planned_jobs(result.stdout) == {
-        "all": "1", "fit_postprocess": "1", "score_demo": "1", "submission": "1", "overlays_test": "1",
+        "all": "1", "fit_postprocess": "1", "score": "1", "submission": "1", "overlays_test": "1",
         "overlays_extra": "1", "total": "6",
     }
 
@@ -162,7 +162,7 @@ def test_a_real_data_root_replaces_the_demo(tmp_path):
     config = {**TINY_CONFIG, "data": {"root": str(root / "data")}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     plan = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2").stdout)
-    assert "demo_data" not in plan and "score_demo" not in plan
+    assert "demo_data" not in plan and plan["score"] == "1"
     assert plan["index"] == "1" and plan["submission"] == "1"
     config["data"]["root"] = str(tmp_path / "missing")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))

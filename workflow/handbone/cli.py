@@ -200,6 +200,15 @@ def cmd_fit_postprocess(args) -> None:
         table.to_csv(temporary, index=False, float_format="%.6f")
     for _, row in table.iterrows():
         log.info("OOF Dice %-45s %.4f", row["step"], row["mean_dice"])
+    if args.figure:
+        from .classes import CLASSES
+        from .figures import per_class_dice
+
+        shown = [step for step in table["step"] if step.startswith("model ")] + [table["step"].iloc[-1]]
+        if "uniform ensemble" in set(table["step"]) and len(shown) > 2:
+            shown.insert(-1, "uniform ensemble")
+        rows = {step: table.set_index("step").loc[step, CLASSES].to_numpy(dtype=float) for step in shown}
+        per_class_dice(rows, Path(args.figure), "Out-of-fold Dice per class: models, ensemble, after post-processing")
     log.info("post-processing steps kept: %s", ", ".join(name for name, value in kept.items() if value) or "none")
 
 
@@ -229,7 +238,10 @@ def cmd_validate_submission(args) -> None:
 
 
 def cmd_cv_summary(args) -> None:
+    import pandas as pd
+
     from .atomic import atomic_path
+    from .figures import learning_curves
     from .metrics import cv_table
 
     table = cv_table(args.metrics)
@@ -237,24 +249,71 @@ def cmd_cv_summary(args) -> None:
         table.to_csv(temporary, index=False, float_format="%.6f")
     for model, group in table[table["fold"] != "mean"].groupby("model"):
         log.info("%s: cross-validation Dice %.4f over %d fold(s)", model, group["val_dice"].mean(), len(group))
+    if args.history:
+        history = pd.concat(
+            [pd.read_csv(path).assign(fold=Path(path).parent.name.removeprefix("fold")) for path in args.history],
+            ignore_index=True,
+        )[["fold", "epoch", "train_loss", "lr", "val_dice"]]
+        if args.history_out:
+            with atomic_path(args.history_out) as temporary:
+                history.to_csv(temporary, index=False, float_format="%.6f")
+        if args.figure:
+            learning_curves(history, Path(args.figure), f"Learning curves of {', '.join(table['model'].unique())}")
+
+
+def cmd_cv_combine(args) -> None:
+    import pandas as pd
+
+    from .atomic import atomic_path
+    from .classes import CLASSES
+    from .figures import per_class_dice
+
+    table = pd.concat([pd.read_csv(path, dtype={"fold": str}) for path in args.tables], ignore_index=True)
+    with atomic_path(args.out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    means = table[table["fold"] == "mean"].set_index("model")
+    metrics = {
+        model: {
+            "mean_dice": float(means.loc[model, "val_dice"]),
+            "folds": {row["fold"]: float(row["val_dice"]) for _, row in group[group["fold"] != "mean"].iterrows()},
+        }
+        for model, group in table.groupby("model", sort=False)
+    }
+    with atomic_path(args.metrics_out) as temporary:
+        temporary.write_text(json.dumps({"cv_dice": metrics}, indent=2) + "\n")
+    if args.figure:
+        rows = {model: means.loc[model, CLASSES].to_numpy(dtype=float) for model in means.index}
+        per_class_dice(rows, Path(args.figure), "Cross-validation Dice per class (mean over folds)")
 
 
 def cmd_score(args) -> None:
+    import pandas as pd
+
     from .atomic import atomic_path
+    from .classes import CLASSES
     from .data import read_index
     from .metrics import score_submission, summarize
 
-    per_image = score_submission(args.submission, args.ground_truth, read_index(args.index, "test"))
-    per_class, mean = summarize(per_image)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.ground_truth:
+        per_image = score_submission(args.submission, args.ground_truth, read_index(args.index, "test"))
+        per_class, mean = summarize(per_image)
+        summary = {"mean_dice": mean, "images": len(per_image)}
+        log.info("held-out mean Dice %.4f over %d images", mean, len(per_image))
+    else:
+        # Real data: the test labels are the competition's secret. The files
+        # still exist (DVC tracks them) and say so instead of holding a number.
+        per_image = pd.DataFrame(columns=["image_name", *CLASSES]).set_index("image_name")
+        per_class = pd.DataFrame({"class": CLASSES, "dice": [float("nan")] * len(CLASSES)})
+        summary = {"mean_dice": None, "images": 0, "note": "no test labels (not the synthetic demo): no held-out score"}
+        log.info("no test labels: no held-out score")
     with atomic_path(out / "holdout_per_image.csv") as temporary:
         per_image.to_csv(temporary, float_format="%.6f")
     with atomic_path(out / "holdout_per_class.csv") as temporary:
         per_class.to_csv(temporary, index=False, float_format="%.6f")
     with atomic_path(out / "holdout.json") as temporary:
-        temporary.write_text(json.dumps({"mean_dice": mean, "images": len(per_image)}, indent=2) + "\n")
-    log.info("held-out mean Dice %.4f over %d images", mean, len(per_image))
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--options", type=_json, default={}, help="config.yaml's postprocess section as JSON")
     sub.add_argument("--out", required=True, help="params.json to write")
     sub.add_argument("--table", required=True, help="CSV of OOF Dice after each step")
+    sub.add_argument("--figure", help="PNG of the OOF Dice per class of the models and the final ensemble")
 
     sub = command("submit", cmd_submit, "post-process probability maps and write a validated submission CSV")
     sub.add_argument("--probabilities", required=True, help="folder of .npz maps")
@@ -376,11 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("cv-summary", cmd_cv_summary, "table of the folds' validation Dice per model and class")
     sub.add_argument("--metrics", nargs="+", required=True, help="metrics.json files written by train")
     sub.add_argument("--out", required=True)
+    sub.add_argument("--history", nargs="*", default=[], help="history.csv files written by train (fold{k}/history.csv)")
+    sub.add_argument("--history-out", help="the histories in one CSV with a fold column")
+    sub.add_argument("--figure", help="PNG of the learning curves")
+
+    sub = command("cv-combine", cmd_cv_combine, "the models' cross-validation tables in one, with metrics JSON")
+    sub.add_argument("--tables", nargs="+", required=True, help="per-model tables written by cv-summary")
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--metrics-out", required=True, help="JSON of the mean and per-fold Dice per model (DVC metrics)")
+    sub.add_argument("--figure", help="PNG of the Dice per class and model")
 
     sub = command("score", cmd_score, "Dice of a submission against ground-truth labels")
     sub.add_argument("--submission", required=True)
     sub.add_argument("--index", required=True)
-    sub.add_argument("--ground-truth", required=True, help="folder with outputs_json/ID###/<stem>.json")
+    sub.add_argument("--ground-truth", help="folder with outputs_json/ID###/<stem>.json; without it, record that there is no score")
     sub.add_argument("--out-dir", required=True)
     return parser
 

@@ -91,3 +91,35 @@ def overlap_heatmap(iou: np.ndarray, path: Path) -> None:
     figure.colorbar(image, ax=axes, label="mean IoU")
     axes.set_title("Mean IoU of every class pair (training labels)")
     _save(figure, path)
+
+
+def learning_curves(history, path: Path, title: str) -> None:
+    """Training loss and validation Dice per epoch, one line per fold."""
+    figure, (loss_axes, dice_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for fold, group in history.groupby("fold"):
+        loss_axes.plot(group["epoch"], group["train_loss"], label=f"fold {fold}")
+        validated = group.dropna(subset=["val_dice"])
+        dice_axes.plot(validated["epoch"], validated["val_dice"], marker="o", markersize=3, label=f"fold {fold}")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("training loss")
+    dice_axes.set_xlabel("epoch")
+    dice_axes.set_ylabel("validation Dice")
+    for axes in (loss_axes, dice_axes):
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def per_class_dice(rows: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """Dice per class, one marker series per model or ensemble step."""
+    figure, axes = plt.subplots(figsize=(12, 4.5))
+    for label, values in rows.items():
+        axes.plot(range(len(CLASSES)), values, marker="o", markersize=4, linewidth=1,
+                  label=f"{label} (mean {np.mean(values):.3f})")
+    axes.set_xticks(range(len(CLASSES)), CLASSES, rotation=70, fontsize=7)
+    axes.set_ylabel("Dice")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(title)
+    _save(figure, path)

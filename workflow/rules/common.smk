@@ -97,10 +97,11 @@ def final_outputs():
         "results/submission.csv",
         "results/eda/class_stats.csv",
         "results/cv/cv_scores.csv",
+        "results/cv/metrics.json",
         "results/overlays/test",
     ]
+    outputs += expand("results/cv/models/{model}/learning_curves.png", model=MODELS)
     outputs += expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS)
     outputs += expand("results/overlays/extra/{images}", images=EXTRA_IMAGES)
-    if DEMO:
-        outputs.append("results/scores/holdout.json")
+    outputs.append("results/scores/holdout.json")
     return outputs

@@ -41,6 +41,11 @@ rule fit_postprocess:
             caption="../report/oof_scores.rst",
             category="3. Ensemble and post-processing",
         ),
+        figure=report(
+            "results/postprocess/per_class_dice.png",
+            caption="../report/oof_per_class.rst",
+            category="3. Ensemble and post-processing",
+        ),
     params:
         oof=expand("results/predictions/{model}/oof", model=MODELS),
         options=as_json(config["postprocess"]),
@@ -54,7 +59,7 @@ rule fit_postprocess:
     shell:
         "python -m handbone --quiet fit-postprocess --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
         " --ensemble {input.weights:q} --ensemble-table {input.ensemble_table:q} --options {params.options:q}"
-        " --out {output.params:q} --table {output.table:q} 2> {log:q}"
+        " --out {output.params:q} --table {output.table:q} --figure {output.figure:q} 2> {log:q}"
 
 
 rule ensemble:
@@ -94,11 +99,11 @@ rule submission:
         " --params {input.params:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
-rule score_demo:
+rule score:
     input:
         submission="results/submission.csv",
         index="results/index/index.csv",
-        demo="results/demo",
+        demo=["results/demo"] if DEMO else [],
     output:
         summary="results/scores/holdout.json",
         per_class=report(
@@ -107,13 +112,15 @@ rule score_demo:
             category="5. Held-out score (demo)",
         ),
         per_image="results/scores/holdout_per_image.csv",
+    params:
+        ground_truth="--ground-truth results/demo/ground_truth/test" if DEMO else "",
     log:
-        "results/logs/score_demo.log",
+        "results/logs/score.log",
     benchmark:
-        "results/benchmarks/score_demo.tsv"
+        "results/benchmarks/score.tsv"
     threads: 1
     conda:
         ENV
     shell:
         "python -m handbone --quiet score --submission {input.submission:q} --index {input.index:q}"
-        " --ground-truth {input.demo:q}/ground_truth/test --out-dir results/scores 2> {log:q}"
+        " {params.ground_truth} --out-dir results/scores 2> {log:q}"

@@ -27,14 +27,47 @@ rule train:
         " --out-dir results/models/{wildcards.model}/fold{wildcards.fold} --threads {threads} 2> {log:q}"
 
 
+rule cv_model:
+    input:
+        metrics=expand("results/models/{{model}}/fold{fold}/metrics.json", fold=FOLDS),
+        history=expand("results/models/{{model}}/fold{fold}/history.csv", fold=FOLDS),
+    output:
+        table="results/cv/models/{model}/cv_scores.csv",
+        history="results/cv/models/{model}/history.csv",
+        figure=report(
+            "results/cv/models/{model}/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="2. Cross-validation",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/cv_model/{model}.log",
+    benchmark:
+        "results/benchmarks/cv_model/{model}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet cv-summary --metrics {input.metrics:q} --history {input.history:q}"
+        " --out {output.table:q} --history-out {output.history:q} --figure {output.figure:q} 2> {log:q}"
+
+
 rule cv_summary:
     input:
-        expand("results/models/{model}/fold{fold}/metrics.json", model=MODELS, fold=FOLDS),
+        expand("results/cv/models/{model}/cv_scores.csv", model=MODELS),
     output:
-        report(
+        table=report(
             "results/cv/cv_scores.csv",
             caption="../report/cv_scores.rst",
             category="2. Cross-validation",
+            subcategory="all models",
+        ),
+        metrics="results/cv/metrics.json",
+        figure=report(
+            "results/cv/per_class_dice.png",
+            caption="../report/cv_per_class.rst",
+            category="2. Cross-validation",
+            subcategory="all models",
         ),
     log:
         "results/logs/cv_summary.log",
@@ -44,4 +77,5 @@ rule cv_summary:
     conda:
         ENV
     shell:
-        "python -m handbone --quiet cv-summary --metrics {input:q} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet cv-combine --tables {input:q} --out {output.table:q}"
+        " --metrics-out {output.metrics:q} --figure {output.figure:q} 2> {log:q}"
