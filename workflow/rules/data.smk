@@ -120,3 +120,26 @@ rule preprocess:
         ENV
     shell:
         "python -m handbone --quiet preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
+
+
+# Not part of `all` (it needs graphviz's dot): snakemake --cores 1 dag
+rule dag:
+    output:
+        config="results/dag/config.json",
+        rulegraph="results/dag/rulegraph.svg",
+        dag="results/dag/dag.svg",
+    params:
+        # The graphs are drawn for this run's config, whatever --configfile gave.
+        config=as_json(config),
+        snakefile=workflow.main_snakefile,
+    log:
+        "results/logs/dag.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.config:q} > {output.config:q}; "
+        "for graph in rulegraph dag; do"
+        " snakemake -s {params.snakefile:q} --configfile {output.config:q} --replace-workflow-config --nolock --$graph"
+        " 2>> {log:q} | dot -Tsvg > results/dag/$graph.svg.tmp && mv results/dag/$graph.svg.tmp results/dag/$graph.svg;"
+        " done"
