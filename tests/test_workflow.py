@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,15 @@ def test_overlays_of_test_images_and_extra_folders(finished_run):
     assert probmaps.load(odd / "palette.npz").shape == (29, 45, 70)
     assert probmaps.load(odd / "nested__rgb.npz").shape == (29, 90, 33)
     assert sorted(p.name for p in (results / "overlays" / "extra" / "odd").glob("*.png")) == ["nested__rgb.png", "palette.png"]
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (README: apt-get install graphviz)")
+def test_dag_rule_draws_the_rule_graph_and_the_job_graph(finished_run):
+    snakemake(finished_run, "--cores", "1", "dag")
+    rulegraph = (finished_run / "results" / "dag" / "rulegraph.svg").read_text()
+    jobs = (finished_run / "results" / "dag" / "dag.svg").read_text()
+    assert rulegraph.startswith("<?xml") and "fit_postprocess" in rulegraph and "predict_extra" in rulegraph
+    assert jobs.count(">train<") == 2 and jobs.count(">predict_oof<") == 2  # one node per job: 2 folds
 
 
 def test_finished_run_has_nothing_left_to_do(finished_run):
