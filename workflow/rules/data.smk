@@ -80,7 +80,9 @@ rule split:
         outliers="results/eda/outliers.csv",
         image_stats="results/eda/image_stats.csv",
     output:
-        folds="results/splits/folds.csv",
+        folds=report(
+            "results/splits/folds.csv", caption="../report/folds.rst", category="2. Cross-validation", subcategory="folds"
+        ),
         excluded=report(
             "results/splits/excluded.csv", caption="../report/excluded.rst", category="1. Data", subcategory="Outliers"
         ),
