@@ -96,3 +96,20 @@ def test_read_image_accepts_16_bit_and_rgb(tmp_path):
     cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
     image = read_image(tmp_path / "rgb.png")
     assert image.shape == (4, 5) and int(image[0, 0]) == 100
+
+
+def test_index_names_truncated_and_empty_images(tmp_path):
+    _write_root(tmp_path)
+    test_dir = tmp_path / "test" / "DCM" / "ID002"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    cv2.imwrite(str(test_dir / "whole.png"), noise)
+    data = (test_dir / "whole.png").read_bytes()
+    (test_dir / "cut.png").write_bytes(data[: len(data) // 2])
+    (test_dir / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError) as raised:
+        index_data_root(tmp_path)
+    message = str(raised.value)
+    assert "2 problem(s)" in message
+    assert "cut.png: not a readable image, corrupt or truncated" in message
+    assert "empty.png: image file is empty (0 bytes)" in message
+    assert "whole.png" not in message

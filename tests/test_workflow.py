@@ -165,6 +165,17 @@ def test_typo_in_config_is_named(tmp_path):
     assert "fold" in result.stdout + result.stderr
 
 
+def test_an_unknown_encoder_stops_the_run_before_any_training(tmp_path):
+    config = {**TINY_CONFIG, "models": {**TINY_CONFIG["models"],
+                                        "broken": {"arch": "Unet", "encoder": "resnet_does_not_exist", "encoder_weights": None}}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "2", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "logs" / "check_models.log").read_text()
+    assert "models.broken" in log and "resnet_does_not_exist" in log
+    assert not list((tmp_path / "results").glob("models/*/fold*/*")), "a training job started"
+
+
 def test_a_real_data_root_replaces_the_demo(tmp_path):
     from handbone.synthetic import SyntheticConfig, generate
 

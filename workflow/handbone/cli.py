@@ -89,6 +89,25 @@ def cmd_preprocess(args) -> None:
     log.info("preprocessing cache written to %s", args.out)
 
 
+def cmd_check_models(args) -> None:
+    from .atomic import atomic_path
+    from .model import build_model
+
+    problems, sizes = [], {}
+    for name, spec in args.models.items():
+        try:
+            model = build_model(spec)
+            sizes[name] = sum(parameter.numel() for parameter in model.parameters())
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(f"models.{name}: {error}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(json.dumps({"parameters": sizes}, indent=2) + "\n")
+    for name, size in sizes.items():
+        log.info("models.%s builds: %.1f M parameters", name, size / 1e6)
+
+
 def cmd_train(args) -> None:
     from .devices import torch_device
     from .train import train_fold
@@ -357,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--index", required=True)
     sub.add_argument("--options", type=_json, default={}, help='preprocessing options as JSON, e.g. \'{"clahe": {"enabled": true}}\'')
     sub.add_argument("--out", required=True, help="cache folder")
+
+    sub = command("check-models", cmd_check_models, "build every configured model once, to fail before any training")
+    sub.add_argument("--models", type=_json, required=True, help="JSON {name: {arch, encoder, encoder_weights, kwargs}}")
+    sub.add_argument("--out", required=True)
 
     sub = command("train", cmd_train, "train one model on one fold")
     sub.add_argument("--cache", required=True)

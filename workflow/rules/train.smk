@@ -1,10 +1,29 @@
 # Training: one job per model and fold, each holding one GPU slot.
 
 
+# Every model is built once before any training job starts, so a typo in an
+# architecture or encoder name stops the run at once, naming the model.
+rule check_models:
+    output:
+        "results/checks/models.json",
+    params:
+        models=as_json({model: model_spec(model) for model in MODELS}),
+    log:
+        "results/logs/check_models.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet check-models --models {params.models:q} --out {output:q} 2> {log:q}"
+
+
 rule train:
     input:
         cache=CACHE,
         folds="results/splits/folds.csv",
+        # ancient: rewriting the check when one model changes must not make
+        # the other models' training look out of date.
+        checked=ancient("results/checks/models.json"),
     output:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
         metrics="results/models/{model}/fold{fold}/metrics.json",
