@@ -51,7 +51,8 @@ def main() -> None:
         build_seconds = time.monotonic() - started
         train = index[index["split"] == "train"].reset_index(drop=True)
         transform = augmentations(args.window, "patch", DEFAULT_TRAIN["augment"], seed=0)
-        dataset = CachedImages(cache, [name[:-4] for name in train["image_name"]], transform, "patch", args.window)
+        stems = [name[:-4] for name in train["image_name"]]
+        dataset = CachedImages({stem: cache for stem in stems}, stems, transform, "patch", args.window)
 
         timings = {}
         for name, draw in (

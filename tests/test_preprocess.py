@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pandas as pd
 
 from handbone.preprocess import pack_mask, unpack_mask
@@ -71,6 +72,33 @@ def test_cached_sample_equals_png_and_json(tmp_path):
         assert np.array_equal(entry.mask(), mask)
         assert np.array_equal(entry.mask(slice(10, 40), slice(5, 60)), mask[:, 10:40, 5:60])
     assert len(pd.read_csv(cache / "cache.csv")) == 4
+
+
+def test_a_damaged_cache_entry_is_rebuilt_instead_of_trained_on(tmp_path, caplog):
+    from handbone.data import index_data_root
+    from handbone.preprocess import CacheEntry, build_cache, verify_cache
+    from handbone.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=64, seed=4), progress=False)
+    index_data_root(root / "data").to_csv(tmp_path / "index.csv", index=False)
+    cache = build_cache(tmp_path / "index.csv", tmp_path / "cache", {"clahe": {"enabled": True}}, progress=False)
+    stems = list(pd.read_csv(cache / "cache.csv")["stem"])
+    expected = {stem: (np.array(CacheEntry(cache, stem).image), CacheEntry(cache, stem).mask()) for stem in stems}
+    flipped, truncated = stems[0], stems[1]
+    data = bytearray((cache / f"{flipped}.mask.npy").read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte: same size, wrong bits
+    (cache / f"{flipped}.mask.npy").write_bytes(bytes(data))
+    image_file = cache / f"{truncated}.image.npy"
+    image_file.write_bytes(image_file.read_bytes()[:100])
+    locations = verify_cache(cache, stems, tmp_path / "spare")
+    assert locations[flipped] == locations[truncated] == tmp_path / "spare"
+    assert all(locations[stem] == cache for stem in stems[2:])
+    assert f"cache entry {flipped} is damaged" in caplog.text and f"cache entry {truncated} is damaged" in caplog.text
+    for stem in stems:
+        entry = CacheEntry(locations[stem], stem)
+        assert np.array_equal(entry.image, expected[stem][0]) and np.array_equal(entry.mask(), expected[stem][1])
+    with pytest.raises(ValueError, match="no entry"):
+        verify_cache(cache, ["not_there"], tmp_path / "spare")
 
 
 def test_pose_stratified_folds_spread_bent_wrists_and_keep_people_together():

@@ -8,12 +8,18 @@ memory-mapped on reading, so a crop touches only its own rows:
 - ``<stem>.mask.npy``: uint8 (H, W, 4), the 29 class bits of each pixel
   packed with ``np.packbits(..., bitorder="little")`` along the last axis.
 
-``cache.csv`` lists the entries with their sizes. The same ``preprocess``
-function is applied to test images at prediction time.
+``cache.csv`` lists the entries with their sizes, sources and CRC-32 of
+both files; ``options.json`` holds the preprocessing options. Training
+checks every entry it uses against its CRC first (``verify_cache``) and
+rebuilds a damaged one from its PNG and JSON instead of training on it. The
+same ``preprocess`` function is applied to test images at prediction time.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import zlib
 from pathlib import Path
 
 import cv2
@@ -24,6 +30,8 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .classes import NUM_CLASSES
 from .data import mask_for_row, read_image, read_index
+
+log = logging.getLogger("handbone")
 
 
 def preprocess(image: np.ndarray, options: dict) -> np.ndarray:
@@ -57,21 +65,72 @@ def unpack_mask_batch(packed):
     return bits.flatten(1, 2)[:, :NUM_CLASSES].float()
 
 
+def _crc(path: Path) -> int:
+    checksum = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            checksum = zlib.crc32(chunk, checksum)
+    return checksum
+
+
+def _write_entry(folder: Path, stem: str, row, options: dict) -> dict:
+    image = preprocess(read_image(row["image_path"]), options)
+    np.save(folder / f"{stem}.image.npy", image)
+    np.save(folder / f"{stem}.mask.npy", pack_mask(mask_for_row(row)))
+    return {
+        "image_name": row["image_name"], "stem": stem, "height": image.shape[0], "width": image.shape[1],
+        "image_path": row["image_path"], "label_path": row["label_path"],
+        "image_crc": _crc(folder / f"{stem}.image.npy"), "mask_crc": _crc(folder / f"{stem}.mask.npy"),
+    }
+
+
 def build_cache(index_path: str | Path, out: str | Path, options: dict, progress: bool = True) -> Path:
     """Write the cache of every training image listed in the index."""
     index = read_index(index_path, "train")
     out = Path(out)
     with atomic_path(out) as staging:
         staging.mkdir(parents=True)
-        rows = []
-        for _, row in tqdm(index.iterrows(), total=len(index), desc="preprocess", disable=not progress):
-            stem = Path(row["image_name"]).stem
-            image = preprocess(read_image(row["image_path"]), options)
-            np.save(staging / f"{stem}.image.npy", image)
-            np.save(staging / f"{stem}.mask.npy", pack_mask(mask_for_row(row)))
-            rows.append({"image_name": row["image_name"], "stem": stem, "height": image.shape[0], "width": image.shape[1]})
+        rows = [
+            _write_entry(staging, Path(row["image_name"]).stem, row, options)
+            for _, row in tqdm(index.iterrows(), total=len(index), desc="preprocess", disable=not progress)
+        ]
         pd.DataFrame(rows).to_csv(staging / "cache.csv", index=False)
+        (staging / "options.json").write_text(json.dumps(options, sort_keys=True) + "\n")
     return out
+
+
+def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path) -> dict[str, Path]:
+    """Where to read each entry from: the cache, or, for an entry whose files
+    are missing or do not match their CRC-32, a copy rebuilt from its PNG
+    and JSON into ``spare_dir`` (a warning names it; the shared cache is
+    left as it is, for ``snakemake --forcerun preprocess`` to redo)."""
+    cache_dir, spare_dir = Path(cache_dir), Path(spare_dir)
+    table = pd.read_csv(cache_dir / "cache.csv", keep_default_na=False).set_index("stem")
+    missing = [stem for stem in stems if stem not in table.index]
+    if missing:
+        raise ValueError(f"{cache_dir}/cache.csv has no entry for {len(missing)} image(s), e.g. {missing[:3]}")
+    options = json.loads((cache_dir / "options.json").read_text()) if (cache_dir / "options.json").is_file() else None
+    locations = {}
+    for stem in stems:
+        row = table.loc[stem]
+        files = [cache_dir / f"{stem}.image.npy", cache_dir / f"{stem}.mask.npy"]
+        if "image_crc" not in table.columns:  # a cache from before checksums: nothing to compare
+            locations[stem] = cache_dir
+            continue
+        intact = all(path.is_file() for path in files) and [_crc(path) for path in files] == [
+            int(row["image_crc"]), int(row["mask_crc"])
+        ]
+        if intact:
+            locations[stem] = cache_dir
+            continue
+        if options is None:
+            raise ValueError(f"{files[0].parent}: cache entry {stem} is damaged and the cache has no options.json to rebuild it")
+        log.warning("%s: cache entry %s is damaged (missing or CRC mismatch); rebuilt from %s into %s "
+                    "(rerun the preprocess rule to repair the cache)", cache_dir, stem, row["image_path"], spare_dir)
+        spare_dir.mkdir(parents=True, exist_ok=True)
+        _write_entry(spare_dir, stem, {**row.to_dict(), "image_name": row["image_name"]}, options)
+        locations[stem] = spare_dir
+    return locations
 
 
 class CacheEntry:

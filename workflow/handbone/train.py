@@ -21,7 +21,7 @@ from .classes import CLASSES
 from .inference import predict_probabilities
 from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_network_input
-from .preprocess import CacheEntry, unpack_mask_batch
+from .preprocess import CacheEntry, unpack_mask_batch, verify_cache
 
 log = logging.getLogger("handbone")
 
@@ -74,8 +74,8 @@ class CachedImages(Dataset):
     window is read from the memory-mapped cache and unpacked.
     """
 
-    def __init__(self, cache_dir: Path, stems: list[str], transform: A.Compose, mode: str, size: int):
-        self.entries = [CacheEntry(cache_dir, stem) for stem in stems]
+    def __init__(self, locations: dict[str, Path], stems: list[str], transform: A.Compose, mode: str, size: int):
+        self.entries = [CacheEntry(locations[stem], stem) for stem in stems]
         self.transform = transform
         self.mode = mode
         self.size = size
@@ -143,12 +143,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(model, cache_dir: Path, stems: list[str], input_size: int, mode: str, device) -> pd.DataFrame:
+def evaluate(model, locations: dict[str, Path], stems: list[str], input_size: int, mode: str, device) -> pd.DataFrame:
     """Per-image, per-class Dice at each image's original resolution."""
     model.eval()
     rows = []
     for stem in stems:
-        entry = CacheEntry(cache_dir, stem)
+        entry = CacheEntry(locations[stem], stem)
         probabilities = predict_probabilities([model], np.asarray(entry.image), input_size, device, mode=mode)
         rows.append(dice_per_class(probabilities > 0.5, entry.mask()))
     return pd.DataFrame(rows, columns=CLASSES, index=stems)
@@ -197,12 +197,15 @@ def train_fold(
     if not train_stems or not val_stems:
         raise ValueError(f"fold {fold} of {folds_path} leaves no training or no validation images after exclusions")
 
+    # Every entry is checked once; a damaged one is rebuilt, never trained on.
+    locations = verify_cache(cache_dir, train_stems + val_stems, out_dir / "rebuilt_cache")
+
     seed = int(options["seed"]) + 1000 * fold
     seed_everything(seed)
     size = int(options["input_size"])
     model = build_model(model_spec).to(device)
     transform = augmentations(size, mode, options["augment"], seed)
-    dataset = CachedImages(cache_dir, train_stems, transform, mode, size)
+    dataset = CachedImages(locations, train_stems, transform, mode, size)
     generator = torch.Generator()
     loader = DataLoader(
         dataset,
@@ -272,7 +275,7 @@ def train_fold(
                 optimizer.zero_grad(set_to_none=True)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]}
         if epoch % int(options["val_every"]) == 0 or epoch == epochs:
-            per_image = evaluate(model, cache_dir, val_stems, size, mode, device)
+            per_image = evaluate(model, locations, val_stems, size, mode, device)
             row["val_dice"] = float(per_image.mean(axis=0).mean())
             if row["val_dice"] > state["best"]:
                 state.update(best=row["val_dice"], best_epoch=epoch, since_best=0)
