@@ -111,6 +111,53 @@ def test_dag_rule_draws_the_rule_graph_and_the_job_graph(finished_run):
     assert jobs.count(">train<") == 2 and jobs.count(">predict_oof<") == 2  # one node per job: 2 folds
 
 
+def _training_jobs(workdir: Path) -> list[int]:
+    """PIDs of `handbone train` processes running in ``workdir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"handbone" in command and b"train" in command and Path(os.readlink(entry / "cwd")) == workdir:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_killed_during_training_recovers_to_the_same_submission(finished_run, tmp_path):
+    """SIGKILL the first training job of a fresh run, rerun, and compare the
+    submission byte for byte with the uninterrupted run (same seed, CPU):
+    recovery and determinism at once."""
+    import signal
+    import time
+
+    workdir = tmp_path.resolve()
+    config = yaml.safe_load((finished_run / "tiny.yaml").read_text())
+    config["predict"]["extra_images"] = {}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(workdir / "tiny.yaml"), "--replace-workflow-config", "--cores", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and process.poll() is None and time.time() < deadline:
+        jobs = _training_jobs(workdir)
+        if jobs:
+            time.sleep(0.5)  # let it get into its first epoch
+            os.kill(jobs[0], signal.SIGKILL)
+            killed = jobs[0]
+        time.sleep(0.05)
+    assert killed is not None, "no training job was seen running"
+    assert process.wait(timeout=300) != 0  # the killed job fails the run
+    assert not (workdir / "results" / "submission.csv").exists()
+    snakemake(workdir, "--cores", "2", "--rerun-incomplete")
+    uninterrupted = (finished_run / "results" / "submission.csv").read_bytes()
+    assert (workdir / "results" / "submission.csv").read_bytes() == uninterrupted
+
+
 def test_finished_run_has_nothing_left_to_do(finished_run):
     result = snakemake(finished_run, "-n", "--cores", "24", "--resources", "gpu=3")
     assert "Nothing to be done" in result.stdout + result.stderr
