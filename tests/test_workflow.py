@@ -205,11 +205,17 @@ def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):
     assert laptop["train"] == "2" and laptop["predict_test"] == "1"
 
 
-def test_typo_in_config_is_named(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY_CONFIG, "cv": {"fold": 2}}))
+@pytest.mark.parametrize("change, named", [
+    ({"cv": {"fold": 2}}, "fold"),  # a typo'd key
+    ({"cv": {"folds": "three", "stratify": "pose"}}, "three"),  # a wrong type
+    ({"models": {"../outside": TINY_CONFIG["models"]["tiny"]}}, "../outside"),  # a model name that is a path
+])
+def test_bad_config_is_refused_naming_the_key(tmp_path, change, named):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY_CONFIG, **change}))
     result = snakemake(tmp_path, "-n", "--cores", "1", check=False)
     assert result.returncode != 0
-    assert "fold" in result.stdout + result.stderr
+    assert named in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_an_unknown_encoder_stops_the_run_before_any_training(tmp_path):
