@@ -100,7 +100,7 @@ rule split:
     conda:
         ENV
     shell:
-        "python -m handbone --quiet split --index {input.index:q} --folds {params.folds} --stratify {params.stratify:q}"
+        "python -m handbone --quiet split --index {input.index:q} --folds {params.folds:q} --stratify {params.stratify:q}"
         " --image-stats {input.image_stats:q} --outliers {input.outliers:q}"
         " --exclude-reasons {params.exclude_reasons:q} --exclude {params.exclude:q} --include {params.include:q}"
         " --out {output.folds:q} --excluded-out {output.excluded:q} 2> {log:q}"

@@ -93,7 +93,7 @@ rule overlays_test:
         ENV
     shell:
         "python -m handbone --quiet overlays --index {input.index:q} --split test --maps {input.maps:q}"
-        " --limit {params.limit} --params {input.params:q} --out-dir {output:q} 2> {log:q}"
+        " --limit {params.limit:q} --params {input.params:q} --out-dir {output:q} 2> {log:q}"
 
 
 rule overlays_extra:
@@ -119,4 +119,4 @@ rule overlays_extra:
         ENV
     shell:
         "python -m handbone --quiet overlays --images-dir {params.folder:q} --maps {input.maps:q}"
-        " --threshold {params.threshold} --out-dir {output:q} 2> {log:q}"
+        " --threshold {params.threshold:q} --out-dir {output:q} 2> {log:q}"

@@ -24,7 +24,7 @@ rule fit_ensemble:
         ENV
     shell:
         "python -m handbone --quiet fit-ensemble --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
-        " --mode {params.mode:q} --weight-step {params.step} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
+        " --mode {params.mode:q} --weight-step {params.step:q} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
 
 
 rule fit_postprocess:
