@@ -21,8 +21,6 @@ from .data import read_index
 from .postprocess import PostprocessParams, class_mask
 from .submission import SubmissionWriter
 
-MODES = ("uniform", "weighted", "classwise", "hard")
-
 
 def uniform_weights(models: int) -> np.ndarray:
     return np.full((NUM_CLASSES, models), 1.0 / models)
