@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import TINY_CONFIG, planned_jobs
+from test_workflow import TINY_CONFIG, copy_repository, planned_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +37,7 @@ def repository(tmp_path_factory):
     """A git repository holding this checkout's files, with the tiny config
     as config.yaml (DVC reads its parameters from config.yaml); the default
     remote, ../handbone-dvc-remote, lands beside it in the temporary folder."""
-    root = tmp_path_factory.mktemp("dvc") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    root = copy_repository(tmp_path_factory.mktemp("dvc") / "repo", TINY_CONFIG)
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "copy"], root)

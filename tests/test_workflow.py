@@ -33,6 +33,21 @@ TINY_CONFIG["models"] = {
 }
 
 
+def copy_repository(root: Path, config: dict) -> Path:
+    """This checkout's files (tracked, or untracked and not ignored) copied
+    to ``root``, with ``config`` as its config.yaml: for tools that read
+    config.yaml itself (DVC) or do not pass --replace-workflow-config on to
+    remote jobs (the SLURM executor)."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
 def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml"):
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),

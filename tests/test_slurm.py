@@ -1,0 +1,83 @@
+"""The tiny workflow on a real single-node SLURM through the executor plugin.
+
+Brings the cluster up with tests/cluster/start_slurm.sh (Debian packages,
+root), runs the workflow with profiles/slurm (memory and CPU requests
+scaled down to this machine), and checks that the submission equals a local
+run's and that sacct shows one job per rule instance. Runs in CI; skip it
+locally with `pytest -m "not slurm"`.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import TINY_CONFIG, copy_repository, planned_jobs, snakemake
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The test cluster in its default state folder (a running one is reused)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]' (CI does)")
+    if os.geteuid() != 0 and shutil.which("sudo") is None:
+        pytest.fail("the SLURM test needs root (or sudo) to install and start the daemons; skip it with -m 'not slurm'")
+    command = ["bash", str(REPO / "tests" / "cluster" / "start_slurm.sh")]
+    if os.geteuid() != 0:
+        command = ["sudo", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def _small_profile(folder: Path) -> Path:
+    """profiles/slurm with memory and CPU requests that fit this machine."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["mem_mb"] = 1000
+    for values in profile["set-resources"].values():
+        values.update(mem_mb=2000, cpus_per_task=1)
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
+    # A copy of the repository with the tiny config as its config.yaml: the
+    # executor starts Snakemake again inside every job, and does not pass
+    # --replace-workflow-config on.
+    repository = copy_repository(tmp_path / "repo", TINY_CONFIG)
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*arguments):
+        result = subprocess.run([sys.executable, "-m", "snakemake", *arguments], cwd=repository,
+                                capture_output=True, text=True, env=environment)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        return result.stdout + result.stderr
+
+    plan = planned_jobs(run("-n", "--cores", "2"))
+    profile = _small_profile(tmp_path / "profile")
+    started = time.perf_counter()
+    run("--profile", str(profile), "--workflow-profile", "none",
+        "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5")
+    print(f"tiny workflow on SLURM: {time.perf_counter() - started:.0f} s")
+    remote_submission = (repository / "results" / "submission.csv").read_bytes()
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    started = time.perf_counter()
+    snakemake(local, "--cores", "2")
+    print(f"tiny workflow locally: {time.perf_counter() - started:.0f} s")
+    assert remote_submission == (local / "results" / "submission.csv").read_bytes()
+    # One SLURM job per rule instance (the `all` target runs on the submitting side).
+    accounting = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-3hours", "-o", "JobID,JobName,State,WorkDir"],
+                                capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in accounting.splitlines() if line.endswith(str(repository))]
+    expected = sum(int(count) for rule, count in plan.items() if rule not in ("all", "total"))
+    assert len(rows) == expected and all(row[2] == "COMPLETED" for row in rows), accounting
+    assert len(list((repository / "results" / "logs" / "slurm").glob("rule_*/*.log"))) == expected
