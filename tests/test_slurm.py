@@ -80,4 +80,5 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
     rows = [line.split("|") for line in accounting.splitlines() if line.endswith(str(repository))]
     expected = sum(int(count) for rule, count in plan.items() if rule not in ("all", "total"))
     assert len(rows) == expected and all(row[2] == "COMPLETED" for row in rows), accounting
-    assert len(list((repository / "results" / "logs" / "slurm").glob("rule_*/*.log"))) == expected
+    # One kept log per job: results/logs/slurm/rule_<rule>[/<wildcards>]/<job id>.log
+    assert len(list((repository / "results" / "logs" / "slurm").rglob("*.log"))) == expected
