@@ -50,15 +50,7 @@ def oof_maps(folds_path: str | Path, model_dirs: dict[str, Path]) -> list[tuple[
 
 
 def _gt_boxes(ground_truth: np.ndarray) -> list[tuple[int, int, int, int]]:
-    boxes = []
-    for channel in ground_truth:
-        rows = np.flatnonzero(channel.any(axis=1))
-        if rows.size == 0:
-            boxes.append((0, 0, 0, 0))
-            continue
-        cols = np.flatnonzero(channel[rows[0] : rows[-1] + 1].any(axis=0))
-        boxes.append((int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)))
-    return boxes
+    return [probmaps.bounding_box(channel, 1) for channel in ground_truth]
 
 
 def _placed(box, crop, region) -> np.ndarray:

@@ -39,13 +39,15 @@ def quantize(probabilities: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _box(channel: np.ndarray) -> tuple[int, int, int, int]:
+def bounding_box(channel: np.ndarray, minimum: int = FLOOR) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the values of at least ``minimum``;
+    all zeros when there are none."""
     if channel.size == 0:
         return 0, 0, 0, 0
-    rows = np.flatnonzero(channel.max(axis=1) >= FLOOR)
+    rows = np.flatnonzero(channel.max(axis=1) >= minimum)
     if rows.size == 0:
         return 0, 0, 0, 0
-    cols = np.flatnonzero(channel[rows[0] : rows[-1] + 1].max(axis=0) >= FLOOR)
+    cols = np.flatnonzero(channel[rows[0] : rows[-1] + 1].max(axis=0) >= minimum)
     return int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
 
 
@@ -76,7 +78,7 @@ def save_crops(path: str | Path, shape, boxes, crops, image_name: str) -> None:
     stored_boxes = np.zeros((len(crops), 4), dtype=np.int64)
     arrays = {}
     for number, ((top, _, left, _), crop) in enumerate(zip(boxes, crops)):
-        inner_top, inner_bottom, inner_left, inner_right = _box(crop)
+        inner_top, inner_bottom, inner_left, inner_right = bounding_box(crop)
         trimmed = crop[inner_top:inner_bottom, inner_left:inner_right].copy()
         trimmed[trimmed < FLOOR] = 0  # negligible values inside a box, too: zeros compress best
         if trimmed.size:
