@@ -143,6 +143,27 @@ def test_predicting_a_folder_of_odd_sizes_and_png_modes(tmp_path, input_mode):
     assert cv2.imread(str(pictures / "sub__rgb.png")).shape[0] == 97
 
 
+def test_checkpoints_trained_on_different_inputs_are_averaged_model_by_model(tmp_path):
+    """The mean over models of different input sizes and modes (e.g. the
+    models of a round labelling test images) weights every model equally."""
+    from handbone.inference import predict_probabilities
+    from handbone.model import load_checkpoint
+    from handbone.predict import load_model_groups, mean_probabilities
+
+    paths = [_tiny_checkpoint(tmp_path / "a.pt", "patch", 64), _tiny_checkpoint(tmp_path / "b.pt", "resize", 96),
+             _tiny_checkpoint(tmp_path / "c.pt", "patch", 64)]
+    groups = load_model_groups(paths, torch.device("cpu"))
+    assert sorted((len(models), size, mode) for models, size, mode in groups) == [(1, 96, "resize"), (2, 64, "patch")]
+    image = _image(70, 90)
+    each = []
+    for path in paths:
+        model, checkpoint = load_checkpoint(path, torch.device("cpu"))
+        each.append(predict_probabilities([model], image, checkpoint["input_size"], torch.device("cpu"),
+                                          mode=checkpoint["input_mode"]))
+    result = mean_probabilities(groups, image, torch.device("cpu"), hflip=False)
+    assert np.abs(result - np.mean(each, axis=0)).max() < 1e-5
+
+
 def test_out_of_fold_images_are_the_folds_validation_images(tmp_path):
     import pandas as pd
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -46,6 +47,33 @@ def folder_images(folder: str | Path) -> list[tuple[str, Path]]:
     return [(path.relative_to(folder).as_posix(), path) for path in paths]
 
 
+def load_model_groups(checkpoints: list[str | Path], device) -> list[tuple[list, int, str]]:
+    """The checkpoints' models, grouped by the input they were trained on:
+    [(models, input_size, input_mode)]. Models of one group share each
+    forward pass's input; groups are predicted one after the other."""
+    groups: dict[tuple[int, str], list] = {}
+    for path in checkpoints:
+        model, checkpoint = load_checkpoint(path, device)
+        groups.setdefault((checkpoint["input_size"], checkpoint.get("input_mode", "resize")), []).append(model)
+    return [(models, input_size, mode) for (input_size, mode), models in groups.items()]
+
+
+def mean_probabilities(groups: list[tuple[list, int, str]], image: np.ndarray, device, **options) -> np.ndarray:
+    """The mean over every model of ``groups`` (``load_model_groups``) of its
+    probabilities on a preprocessed image; ``options`` go to
+    ``inference.predict_probabilities`` (hflip, scales, overlap, batch_size)."""
+    if len(groups) == 1:
+        models, input_size, mode = groups[0]
+        return predict_probabilities(models, image, input_size, device, mode=mode, **options)
+    total, count = None, 0
+    for models, input_size, mode in groups:
+        probabilities = predict_probabilities(models, image, input_size, device, mode=mode, **options)
+        probabilities *= len(models)
+        total = probabilities if total is None else np.add(total, probabilities, out=total)
+        count += len(models)
+    return total / count
+
+
 def predict_images(
     images: list[tuple[str, Path]],
     checkpoints: list[str | Path],
@@ -63,23 +91,16 @@ def predict_images(
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
     multi-scale TTA over ``scales`` (see inference.predict_probabilities).
     The folder appears only when every map is written."""
-    loaded = [load_checkpoint(path, device) for path in checkpoints]
-    inputs = {(checkpoint["input_size"], checkpoint.get("input_mode", "resize")) for _, checkpoint in loaded}
-    if len(inputs) != 1:
-        raise ValueError(f"checkpoints {checkpoints} were trained with different inputs {sorted(inputs)}")
-    models = [model for model, _ in loaded]
-    input_size, mode = inputs.pop()
+    groups = load_model_groups(checkpoints, device)
     filenames = [probmaps.map_filename(name) for name, _ in images]
     shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})
     if shared:
         names = [name for (name, _), filename in zip(images, filenames) if filename in shared]
         raise DataError(f"images {names[:6]} would share map file names {shared[:3]} in {out_dir}")
+    options = {"hflip": hflip, "scales": scales, "overlap": overlap, "batch_size": batch_size}
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for (name, path), filename in tqdm(zip(images, filenames), total=len(images), desc=description, disable=not progress):
             image = preprocess(read_image(path), preprocess_options)
-            probabilities = predict_probabilities(
-                models, image, input_size, device, hflip, mode, overlap=overlap, scales=scales, batch_size=batch_size
-            )
-            probmaps.save(staging / filename, probabilities, name)
+            probmaps.save(staging / filename, mean_probabilities(groups, image, device, **options), name)
     return Path(out_dir)
