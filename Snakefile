@@ -21,6 +21,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/submission.smk"
+include: "workflow/rules/pseudo.smk"
 
 
 rule all:

@@ -188,14 +188,24 @@ def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
     }
 
 
+def dry_run_jobs(dry_run_output: str) -> list[tuple[str, list[str], list[str]]]:
+    """(rule, input files, output files) of every job in `snakemake -n` output."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if rule:
+            files = {kind: re.search(rf"^\s+{kind}: (.*)$", block, flags=re.MULTILINE) for kind in ("input", "output")}
+            names = {kind: [name.strip() for name in found.group(1).split(",")] if found else [] for kind, found in files.items()}
+            jobs.append((rule.group(1), names["input"], names["output"]))
+    return jobs
+
+
 def job_inputs(dry_run_output: str) -> dict[str, list[str]]:
     """{rule: input files} of every job in `snakemake -n` output."""
     inputs = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
-        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
-        files = re.search(r"^\s+input: (.*)$", block, flags=re.MULTILINE)
-        if rule and files:
-            inputs.setdefault(rule.group(1), []).extend(name.strip() for name in files.group(1).split(","))
+    for rule, files, _ in dry_run_jobs(dry_run_output):
+        if files:
+            inputs.setdefault(rule, []).extend(files)
     return inputs
 
 
@@ -210,6 +220,48 @@ def test_fitting_rules_never_read_a_test_set_file(tmp_path):
     # The test maps reach only the rules after the fit.
     readers = {rule for rule, files in inputs.items() if any(name.startswith("results/predictions/tiny/test") for name in files)}
     assert readers == {"ensemble"}
+
+
+def test_pseudo_label_round_runs_on_top_of_round_one_and_keeps_folds_apart(finished_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config["pseudo_label"].update(enabled=True, confidence=0.0)  # tiny models are unsure: keep every test image
+    (workdir / "pseudo.yaml").write_text(yaml.safe_dump(config))
+    dry_run = snakemake(workdir, "-n", "--cores", "2", configfile="pseudo.yaml").stdout
+    plan = planned_jobs(dry_run)
+    assert "train" not in plan and "predict_test" not in plan and "fit_postprocess" not in plan  # round 1 is done
+    assert plan["pseudo_label"] == "2" and plan["train_pseudo"] == "2" and plan["compare_rounds"] == "1"
+    # Fold k of round 2 learns from labels made by round 1's fold-k model alone.
+    for rule, inputs, outputs in dry_run_jobs(dry_run):
+        if rule == "pseudo_label":
+            fold = re.search(r"fold(\d+)$", outputs[0]).group(1)
+            assert [name for name in inputs if name.endswith(".pt")] == [f"results/models/tiny/fold{fold}/model.pt"]
+        if rule == "train_pseudo":
+            fold = re.search(r"fold(\d+)/model.pt", outputs[0]).group(1)
+            assert [name for name in inputs if "/labels/" in name] == [f"results/pseudo/round2/labels/fold{fold}"]
+
+    snakemake(workdir, "--cores", "2", configfile="pseudo.yaml")
+    results = workdir / "results"
+    index = pd.read_csv(results / "index" / "index.csv")
+    test = index[index["split"] == "test"]
+    sizes = {name: (h, w) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
+    assert validate(results / "pseudo" / "round2" / "submission.csv", sizes) == 2
+    for fold in (0, 1):
+        metrics = json.loads((results / "pseudo" / "round2" / "models" / "tiny" / f"fold{fold}" / "metrics.json").read_text())
+        assert metrics["pseudo_labelled_images"] == 2
+        # Round 2's out-of-fold maps are of the same real training images as round 1's.
+        maps = {round_: sorted(path.name for path in (folder / "predictions" / "tiny" / "oof" / f"fold{fold}").glob("*.npz"))
+                for round_, folder in ((1, results), (2, results / "pseudo" / "round2"))}
+        assert maps[1] == maps[2] and maps[1]
+    rounds = pd.read_csv(results / "pseudo" / "rounds.csv")
+    assert rounds["scored_on"].tolist() == ["OOF", "held-out", "OOF", "held-out", "OOF, minus round 1", "held-out, minus round 1"]
+    assert rounds["round"].tolist() == [1, 1, 2, 2, 2, 2]
+    assert rounds.loc[2, "pseudo_labelled_test_images"] == "fold0: 2 of 2; fold1: 2 of 2"
+    holdout = json.loads((results / "pseudo" / "round2" / "scores" / "holdout.json").read_text())
+    assert rounds.loc[3, "mean_dice"] == pytest.approx(holdout["mean_dice"], abs=1e-5)
+    assert rounds.loc[5, "mean_dice"] == pytest.approx(rounds.loc[3, "mean_dice"] - rounds.loc[1, "mean_dice"], abs=2e-6)
+    assert (results / "pseudo" / "rounds.png").stat().st_size > 0
 
 
 def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):

@@ -116,7 +116,8 @@ def cmd_train(args) -> None:
     log.info("training fold %d of %s on %s", args.fold, args.model_spec, device)
     workers = max(0, args.threads - 1) if device.type == "cuda" else 0
     metrics = train_fold(
-        args.cache, args.folds, args.fold, args.model_spec, args.options, args.out_dir, device, workers, _progress(args)
+        args.cache, args.folds, args.fold, args.model_spec, args.options, args.out_dir, device, workers, _progress(args),
+        pseudo_dir=args.pseudo_labels,
     )
     log.info("fold %d: best validation Dice %.4f at epoch %d", args.fold, metrics["val_dice"], metrics["best_epoch"])
 
@@ -147,6 +148,35 @@ def cmd_predict(args) -> None:
         args.scales, args.overlap, args.batch_size, description=f"predict {len(images)} images",
     )
     log.info("probability maps of %d images written to %s", len(images), args.out_dir)
+
+
+def cmd_pseudo_label(args) -> None:
+    from .devices import torch_device
+    from .pseudo import write_pseudo_labels
+
+    device = torch_device(args.threads)
+    write_pseudo_labels(
+        args.index, args.checkpoints, args.out_dir, args.preprocess, device, args.confidence, args.pixel_confidence,
+        args.ignore_uncertain, _progress(args),
+        hflip=args.hflip, scales=args.scales, overlap=args.overlap, batch_size=args.batch_size,
+    )
+
+
+def cmd_compare_rounds(args) -> None:
+    from .atomic import atomic_path
+    from .classes import CLASSES
+    from .figures import per_class_dice
+    from .rounds import compare_rounds
+
+    table = compare_rounds(args.oof_tables, args.holdout_tables, args.labels)
+    with atomic_path(args.out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6f")
+    if args.figure:
+        scores = table[table["scored_on"].isin(["OOF", "held-out"])].dropna(subset=CLASSES)
+        rows = {f"round {row['round']}, {row['scored_on']}": row[CLASSES].to_numpy(dtype=float) for _, row in scores.iterrows()}
+        per_class_dice(rows, Path(args.figure), "Dice per class of each pseudo-labelling round")
+    for _, row in table.iterrows():
+        log.info("round %d, %s: mean Dice %.4f", row["round"], row["scored_on"], row["mean_dice"])
 
 
 def _postprocess_params(args):
@@ -389,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--options", type=_json, default={}, help="training options as JSON (config.yaml's train section)")
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--threads", type=int, default=1)
+    sub.add_argument("--pseudo-labels", help="pseudo-label cache (written by pseudo-label) added to the training part")
 
     def image_source(sub):
         sub.add_argument("--index", help="index CSV; the images of --split (or of --fold's validation part)")
@@ -397,16 +428,40 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--fold", type=int, help="the training images of this fold (out-of-fold prediction)")
         sub.add_argument("--images-dir", help="instead of the index: every PNG under this folder (no labels needed)")
 
+    def predict_options(sub):
+        sub.add_argument("--preprocess", type=_json, default={}, help="preprocessing options as JSON (as for training)")
+        sub.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True, help="horizontal-flip TTA")
+        sub.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale TTA, e.g. 0.8 1.0 1.5")
+        sub.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-mode models)")
+        sub.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+
     sub = command("predict", cmd_predict, "probability maps of images from one or more checkpoints (their mean)")
     image_source(sub)
     sub.add_argument("--checkpoints", nargs="+", required=True)
-    sub.add_argument("--preprocess", type=_json, default={}, help="preprocessing options as JSON (as for training)")
-    sub.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True, help="horizontal-flip TTA")
-    sub.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale TTA, e.g. 0.8 1.0 1.5")
-    sub.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (patch-mode models)")
-    sub.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    predict_options(sub)
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("pseudo-label", cmd_pseudo_label,
+                  "label the test images with the mean of checkpoints; write the confident ones as a training cache")
+    sub.add_argument("--index", required=True, help="index CSV (its test images are labelled)")
+    sub.add_argument("--checkpoints", nargs="+", required=True, help="the previous round's models of one fold")
+    sub.add_argument("--confidence", type=float, default=0.85,
+                     help="keep an image if the Dice the models expect of their own mask (mean over classes) is at least this")
+    sub.add_argument("--pixel-confidence", type=float, default=0.9,
+                     help="a pixel is sure if its probability is >= this or <= 1 - this")
+    sub.add_argument("--ignore-uncertain", action=argparse.BooleanOptionalAction, default=True,
+                     help="mark unsure pixels so that training leaves them out of the loss")
+    predict_options(sub)
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("compare-rounds", cmd_compare_rounds, "OOF and held-out Dice per class of each pseudo-labelling round")
+    sub.add_argument("--oof-tables", nargs="+", required=True, help="each round's postprocess/oof_scores.csv, round 1 first")
+    sub.add_argument("--holdout-tables", nargs="+", required=True, help="each round's scores/holdout_per_class.csv")
+    sub.add_argument("--labels", nargs="*", default=[], help="the pseudo-label caches (round*/labels/fold*)")
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--figure", help="PNG of the Dice per class and round")
 
     sub = command("overlays", cmd_overlays, "pictures of predicted bones on their images")
     image_source(sub)

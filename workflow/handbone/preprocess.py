@@ -54,18 +54,29 @@ def unpack_mask(packed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(bits, -1, 0))
 
 
+# The training target of a pixel left out of the loss (segmentation-models-
+# pytorch's ignore_index), e.g. an uncertain pixel of a pseudo-label.
+IGNORE = -1
+
+
 def unpack_mask_batch(packed):
     """torch uint8 (B, 4, H, W) bits -> float32 (B, 29, H, W), on the
     tensor's device: training moves the packed masks (4 bytes a pixel) to
-    the GPU and unpacks them there instead of on the data-loading CPUs."""
+    the GPU and unpacks them there instead of on the data-loading CPUs.
+
+    With 8 bytes (pseudo-labels, see pseudo.py) bytes 4-7 are ignore bits:
+    those targets become IGNORE."""
     import torch
 
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)[None, None, :, None, None]
-    bits = (packed[:, :, None] >> shifts) & 1  # (B, 4, 8, H, W), bit k of byte b = class 8b + k
-    return bits.flatten(1, 2)[:, :NUM_CLASSES].float()
+    bits = (packed[:, :, None] >> shifts) & 1  # (B, bytes, 8, H, W), bit k of byte b = class 8b + k
+    target = bits[:, :4].flatten(1, 2)[:, :NUM_CLASSES].float()
+    if packed.shape[1] == 8:
+        target[bits[:, 4:].flatten(1, 2)[:, :NUM_CLASSES].bool()] = IGNORE
+    return target
 
 
-def _crc(path: Path) -> int:
+def file_crc(path: Path) -> int:
     checksum = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 24):
@@ -80,7 +91,7 @@ def _write_entry(folder: Path, stem: str, row, options: dict) -> dict:
     return {
         "image_name": row["image_name"], "stem": stem, "height": image.shape[0], "width": image.shape[1],
         "image_path": row["image_path"], "label_path": row["label_path"],
-        "image_crc": _crc(folder / f"{stem}.image.npy"), "mask_crc": _crc(folder / f"{stem}.mask.npy"),
+        "image_crc": file_crc(folder / f"{stem}.image.npy"), "mask_crc": file_crc(folder / f"{stem}.mask.npy"),
     }
 
 
@@ -117,14 +128,15 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
         if "image_crc" not in table.columns:  # a cache from before checksums: nothing to compare
             locations[stem] = cache_dir
             continue
-        intact = all(path.is_file() for path in files) and [_crc(path) for path in files] == [
+        intact = all(path.is_file() for path in files) and [file_crc(path) for path in files] == [
             int(row["image_crc"]), int(row["mask_crc"])
         ]
         if intact:
             locations[stem] = cache_dir
             continue
-        if options is None:
-            raise ValueError(f"{files[0].parent}: cache entry {stem} is damaged and the cache has no options.json to rebuild it")
+        if options is None or not row["label_path"]:
+            raise ValueError(f"{files[0].parent}: cache entry {stem} is damaged (missing or CRC mismatch) and cannot be "
+                             "rebuilt from this cache (no options.json or no label file); rerun the rule that wrote it")
         log.warning("%s: cache entry %s is damaged (missing or CRC mismatch); rebuilt from %s into %s "
                     "(rerun the preprocess rule to repair the cache)", cache_dir, stem, row["image_path"], spare_dir)
         spare_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from .classes import CLASSES
 from .inference import predict_probabilities
 from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_network_input
-from .preprocess import CacheEntry, unpack_mask_batch, verify_cache
+from .preprocess import IGNORE, CacheEntry, unpack_mask_batch, verify_cache
 
 log = logging.getLogger("handbone")
 
@@ -79,6 +79,9 @@ class CachedImages(Dataset):
         self.transform = transform
         self.mode = mode
         self.size = size
+        # Pseudo-labels may carry 4 more bytes of ignore bits; real labels
+        # then get 4 zero bytes (nothing ignored), so batches stack.
+        self.mask_bytes = max(entry.packed_mask.shape[-1] for entry in self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -96,6 +99,8 @@ class CachedImages(Dataset):
         rows, cols = self.window(entry)
         image = np.asarray(entry.image[rows, cols])
         packed = np.asarray(entry.packed_mask[rows, cols])
+        if packed.shape[-1] < self.mask_bytes:
+            packed = np.pad(packed, ((0, 0), (0, 0), (0, self.mask_bytes - packed.shape[-1])))
         return augment_sample(image, packed, self.transform, self.size if self.mode == "patch" else None)
 
 
@@ -116,19 +121,25 @@ def augment_sample(image: np.ndarray, packed_mask: np.ndarray, transform: A.Comp
     return torch.from_numpy(sample["image"][None].copy()), torch.from_numpy(np.moveaxis(sample["mask"], -1, 0).copy())
 
 
-def make_loss(weights: dict):
-    """Weighted sum of segmentation-models-pytorch losses (multilabel)."""
+def make_loss(weights: dict, ignore_index: int | None = None):
+    """Weighted sum of segmentation-models-pytorch losses (multilabel);
+    targets equal to ``ignore_index`` count in none of them."""
     from segmentation_models_pytorch import losses
 
     factories = {
-        "dice": lambda: losses.DiceLoss(mode="multilabel", from_logits=True),
-        "bce": lambda: losses.SoftBCEWithLogitsLoss(),
+        "dice": lambda: losses.DiceLoss(mode="multilabel", from_logits=True, ignore_index=ignore_index),
+        "bce": lambda: losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index),
         "focal": lambda: losses.FocalLoss(mode="multilabel"),
-        "lovasz": lambda: losses.LovaszLoss(mode="multilabel", from_logits=True),
+        "lovasz": lambda: losses.LovaszLoss(mode="multilabel", from_logits=True, ignore_index=ignore_index),
     }
     unknown = set(weights) - set(factories)
     if unknown:
         raise ValueError(f"unknown loss(es) {sorted(unknown)}; known: {sorted(factories)}")
+    if ignore_index is not None and weights.get("focal"):
+        # Its multilabel ignore_index indexes each class with the mask of
+        # all classes and fails.
+        raise ValueError("the focal loss of segmentation-models-pytorch cannot ignore pixels in multilabel mode: "
+                         "drop train.loss.focal or set pseudo_label.ignore_uncertain to false")
     parts = [(float(weight), factories[name]()) for name, weight in weights.items() if weight]
 
     def loss(logits, target):
@@ -149,14 +160,42 @@ def evaluate(model, locations: dict[str, Path], stems: list[str], input_size: in
     rows = []
     for stem in stems:
         entry = CacheEntry(locations[stem], stem)
-        probabilities = predict_probabilities([model], np.asarray(entry.image), input_size, device, mode=mode)
+        probabilities = predict_probabilities([model], np.array(entry.image), input_size, device, mode=mode)
         rows.append(dice_per_class(probabilities > 0.5, entry.mask()))
     return pd.DataFrame(rows, columns=CLASSES, index=stems)
 
 
-def _fingerprint(model_spec: dict, options: dict, fold: int, train_stems, val_stems) -> str:
-    """What a resumable state must match: the same model, options and images."""
-    return json.dumps([model_spec, options, fold, sorted(train_stems), sorted(val_stems)], sort_keys=True)
+def _fingerprint(model_spec: dict, options: dict, fold: int, train_stems, val_stems, pseudo_crcs) -> str:
+    """What a resumable state must match: the same model, options and images
+    (and pseudo-labels: those are remade when an earlier round changes)."""
+    return json.dumps([model_spec, options, fold, sorted(train_stems), sorted(val_stems), pseudo_crcs], sort_keys=True)
+
+
+def fold_images(folds: pd.DataFrame, fold: int, pseudo: pd.DataFrame | None = None) -> tuple[list, list, list]:
+    """(training stems, validation stems, pseudo-labelled stems) of ``fold``.
+
+    Excluded images (wrong labels) are in neither part. Validation holds
+    real labelled images only. A pseudo-labelled image of a person who has
+    images in the validation part is dropped (with a warning), so no
+    person is in both parts even when test and training people overlap.
+    """
+    if fold not in set(folds["fold"]):
+        raise ValueError(f"fold {fold} is not in the folds table (folds: {sorted(set(folds['fold']))})")
+    usable = folds[~folds["excluded"]] if "excluded" in folds else folds
+    train_stems = [Path(name).stem for name in usable.loc[usable["fold"] != fold, "image_name"]]
+    val_stems = [Path(name).stem for name in usable.loc[usable["fold"] == fold, "image_name"]]
+    pseudo_stems = []
+    if pseudo is not None and len(pseudo):
+        validation_people = set(folds.loc[folds["fold"] == fold, "person_id"].astype(str))
+        clash = pseudo["person_id"].astype(str).isin(validation_people)
+        if clash.any():
+            log.warning("fold %d: %d pseudo-labelled image(s) of people in its validation part left out: %s",
+                        fold, int(clash.sum()), list(pseudo.loc[clash, "image_name"])[:5])
+        pseudo_stems = list(pseudo.loc[~clash, "stem"].astype(str))
+        shared = set(pseudo_stems) & (set(train_stems) | set(val_stems))
+        if shared:
+            raise ValueError(f"pseudo-labelled images share names with training images: {sorted(shared)[:3]}")
+    return train_stems, val_stems, pseudo_stems
 
 
 def train_fold(
@@ -169,8 +208,13 @@ def train_fold(
     device,
     workers: int = 0,
     progress: bool = True,
+    pseudo_dir: str | Path | None = None,
 ) -> dict:
     """Train on every fold but ``fold``, validate on ``fold``, keep the best.
+
+    ``pseudo_dir``: a pseudo-label cache (pseudo.py) whose images are added
+    to the training part (``fold_images`` says which); validation stays on
+    real labels. Their uncertain pixels, if marked, count in no loss.
 
     Writes ``model.pt`` (best state dict + the spec that made it),
     ``history.csv`` (one row per epoch) and ``metrics.json`` into
@@ -187,25 +231,28 @@ def train_fold(
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folds = pd.read_csv(folds_path, dtype={"person_id": str})
-    if fold not in set(folds["fold"]):
-        raise ValueError(f"fold {fold} is not in {folds_path} (folds: {sorted(set(folds['fold']))})")
-    # Images excluded by the outlier rules have wrong labels: they are
-    # neither trained on nor validated against.
-    usable = folds[~folds["excluded"]] if "excluded" in folds else folds
-    train_stems = [Path(name).stem for name in usable.loc[usable["fold"] != fold, "image_name"]]
-    val_stems = [Path(name).stem for name in usable.loc[usable["fold"] == fold, "image_name"]]
+    pseudo = None
+    if pseudo_dir is not None:
+        pseudo = pd.read_csv(Path(pseudo_dir) / "cache.csv", dtype={"person_id": str, "stem": str}, keep_default_na=False)
+    train_stems, val_stems, pseudo_stems = fold_images(folds, fold, pseudo)
     if not train_stems or not val_stems:
         raise ValueError(f"fold {fold} of {folds_path} leaves no training or no validation images after exclusions")
 
     # Every entry is checked once; a damaged one is rebuilt, never trained on.
     locations = verify_cache(cache_dir, train_stems + val_stems, out_dir / "rebuilt_cache")
+    pseudo_crcs = []
+    if pseudo_stems:
+        locations.update(verify_cache(pseudo_dir, pseudo_stems, out_dir / "rebuilt_cache"))
+        crcs = pseudo.set_index("stem").loc[pseudo_stems, ["image_crc", "mask_crc"]]
+        pseudo_crcs = [[stem, int(image), int(mask)] for stem, (image, mask) in zip(pseudo_stems, crcs.to_numpy())]
+        log.info("fold %d: %d real and %d pseudo-labelled training images", fold, len(train_stems), len(pseudo_stems))
 
     seed = int(options["seed"]) + 1000 * fold
     seed_everything(seed)
     size = int(options["input_size"])
     model = build_model(model_spec).to(device)
     transform = augmentations(size, mode, options["augment"], seed)
-    dataset = CachedImages(locations, train_stems, transform, mode, size)
+    dataset = CachedImages(locations, train_stems + pseudo_stems, transform, mode, size)
     generator = torch.Generator()
     loader = DataLoader(
         dataset,
@@ -216,7 +263,7 @@ def train_fold(
         generator=generator,
         persistent_workers=workers > 0,
     )
-    loss_fn = make_loss(options["loss"])
+    loss_fn = make_loss(options["loss"], IGNORE if dataset.mask_bytes > 4 else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(options["lr"]), weight_decay=float(options["weight_decay"]))
     epochs, accumulate = int(options["epochs"]), max(1, int(options["accumulate"]))
     updates_per_epoch = max(1, len(loader) // accumulate)
@@ -234,7 +281,7 @@ def train_fold(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     meta = {"model": model_spec, "input_size": size, "input_mode": mode, "fold": fold}
 
-    fingerprint = _fingerprint(model_spec, options, fold, train_stems, val_stems)
+    fingerprint = _fingerprint(model_spec, options, fold, train_stems, val_stems, pseudo_crcs)
     state = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": -1, "since_best": 0, "best_per_class": None}
     last_path, best_path = out_dir / "last.pt", out_dir / ".best.pt"
     if last_path.is_file():
@@ -313,6 +360,7 @@ def train_fold(
         "val_dice": state["best"],
         "val_dice_per_class": dict(zip(CLASSES, state["best_per_class"])),
         "train_images": len(train_stems),
+        "pseudo_labelled_images": len(pseudo_stems),
         "val_images": len(val_stems),
         "epochs_run": state["epoch"],
         "seconds_this_run": round(time.monotonic() - started, 1),

@@ -23,6 +23,34 @@ EXTRA_IMAGES = dict(config["predict"]["extra_images"])
 for _name, _folder in EXTRA_IMAGES.items():
     if not os.path.isdir(_folder):
         raise WorkflowError(f"predict.extra_images.{_name}: folder {_folder!r} does not exist")
+# Pseudo-labelling rounds after the first (results/pseudo/round{r}/).
+PSEUDO = config["pseudo_label"]
+PSEUDO_ROUNDS = list(range(2, 2 + PSEUDO["rounds"])) if PSEUDO["enabled"] else []
+PSEUDO_MODELS = list(PSEUDO["models"] or MODELS)
+for _model in PSEUDO_MODELS:
+    if _model not in MODELS:
+        raise WorkflowError(f"pseudo_label.models: {_model!r} is not one of models: ({', '.join(MODELS)})")
+
+
+def _check_pseudo_losses():
+    # Checked here so that a whole round 1 does not run before train_pseudo fails.
+    for model in PSEUDO_MODELS if PSEUDO_ROUNDS and PSEUDO["ignore_uncertain"] else []:
+        if train_options(model)["loss"].get("focal"):
+            raise WorkflowError(
+                f"models.{model} uses the focal loss, which cannot ignore pixels (multilabel): drop it from the "
+                "train loss or set pseudo_label.ignore_uncertain to false"
+            )
+
+
+def round_dir(number):
+    """Where a round's models, maps, ensemble and submission live."""
+    return "results" if int(number) == 1 else f"results/pseudo/round{number}"
+
+
+def round_models(number):
+    return MODELS if int(number) == 1 else PSEUDO_MODELS
+
+
 ENV = "../../envs/handbone.yaml"
 # Rules run this checkout's handbone package (python -m handbone) with the
 # environment's Python, so they need no install of the package (also with
@@ -39,6 +67,7 @@ wildcard_constraints:
     model="|".join(re.escape(model) for model in MODELS),
     fold=r"\d+",
     images=r"[A-Za-z0-9_-]+",
+    round=r"[2-9]|[1-9]\d+",  # round 1 lives directly under results/
 
 
 def as_json(value):
@@ -104,4 +133,7 @@ def final_outputs():
     outputs += expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS)
     outputs += expand("results/overlays/extra/{images}", images=EXTRA_IMAGES)
     outputs.append("results/scores/holdout.json")
+    if PSEUDO_ROUNDS:
+        outputs += [f"{round_dir(number)}/submission.csv" for number in PSEUDO_ROUNDS]
+        outputs.append("results/pseudo/rounds.csv")
     return outputs

@@ -114,6 +114,7 @@ rule score:
         per_image="results/scores/holdout_per_image.csv",
     params:
         ground_truth="--ground-truth results/demo/ground_truth/test" if DEMO else "",
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         "results/logs/score.log",
     benchmark:
@@ -123,4 +124,4 @@ rule score:
         ENV
     shell:
         "python -m handbone --quiet score --submission {input.submission:q} --index {input.index:q}"
-        " {params.ground_truth} --out-dir results/scores 2> {log:q}"
+        " {params.ground_truth} --out-dir {params.out_dir:q} 2> {log:q}"

@@ -31,6 +31,8 @@ rule train:
     params:
         spec=lambda wildcards: as_json(model_spec(wildcards.model)),
         options=lambda wildcards: as_json(train_options(wildcards.model)),
+        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        pseudo_labels="",  # pseudo-labelling rounds (pseudo.smk) add their labels here
     log:
         "results/logs/train/{model}/fold{fold}.log",
     benchmark:
@@ -42,8 +44,8 @@ rule train:
         ENV
     shell:
         "python -m handbone --quiet train --cache {input.cache:q} --folds {input.folds:q} --fold {wildcards.fold}"
-        " --model-spec {params.spec:q} --options {params.options:q}"
-        " --out-dir results/models/{wildcards.model}/fold{wildcards.fold} --threads {threads} 2> {log:q}"
+        " --model-spec {params.spec:q} --options {params.options:q} {params.pseudo_labels}"
+        " --out-dir {params.out_dir:q} --threads {threads} 2> {log:q}"
 
 
 rule cv_model:

@@ -1,0 +1,137 @@
+"""Pseudo-labels: test images labelled by the previous round's models.
+
+Round r's fold-k models train on fold k's training images plus test images
+labelled by round r-1's fold-k models (the mean of every model of that
+round). Those models never saw fold k's validation images, so nothing
+learnt from the labels that fold k is validated on reaches its round-r
+model through the pseudo-labels, and the out-of-fold scores of the rounds
+stay comparable.
+
+A test image becomes a training image only if the models are confident
+about it (``image_confidence``: the Dice they expect of their own mask);
+its uncertain pixels (probability between 1 - c and c) can be left out of
+the loss. The labels are written as a cache in the layout of the preprocessing
+cache (``preprocess``), so training reads them like real ones:
+
+- ``<stem>.image.npy``: the preprocessed image;
+- ``<stem>.mask.npy``: uint8 (H, W, 4) packed class bits, or (H, W, 8)
+  when uncertain pixels are ignored: bytes 4-7 hold one "ignore" bit per
+  class, packed the same way;
+- ``cache.csv``: the kept images (with their person IDs and CRC-32s);
+- ``confidence.csv``: every test image with its confidence and whether it
+  was kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .classes import CLASSES
+from .data import read_image, read_index
+from .metrics import SMOOTH
+from .predict import load_model_groups, mean_probabilities
+from .preprocess import file_crc, pack_mask, preprocess
+
+log = logging.getLogger("handbone")
+
+
+def _check_pixel_confidence(pixel_confidence: float) -> None:
+    if not 0.5 < pixel_confidence <= 1.0:
+        raise ValueError(f"pixel confidence must be in (0.5, 1], got {pixel_confidence}")
+
+
+def class_confidence(probabilities: np.ndarray) -> np.ndarray:
+    """Per class of a (29, H, W) map, the Dice the map expects of its own
+    mask at 0.5: the soft Dice between the probabilities and that mask. 1
+    for a sharp map, lower the wider the unsure fringe of a bone or the
+    weaker a detection; 1 for a class no pixel has any probability of."""
+    flat = probabilities.reshape(probabilities.shape[0], -1)
+    mask = flat >= 0.5
+    overlap = np.where(mask, flat, 0).sum(axis=1, dtype=np.float64)
+    return (2 * overlap + SMOOTH) / (flat.sum(axis=1, dtype=np.float64) + np.count_nonzero(mask, axis=1) + SMOOTH)
+
+
+def image_confidence(probabilities: np.ndarray) -> float:
+    """The mean of ``class_confidence`` over the classes: the competition's
+    score (mean over classes) as the models expect it on this image. On the
+    demo's out-of-fold maps its rank correlation with the true Dice is
+    0.56-0.79 (README, "Pseudo-labelling")."""
+    return float(class_confidence(probabilities).mean())
+
+
+def pseudo_label(probabilities: np.ndarray, pixel_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, uncertain) of a (29, H, W) map: the mask at 0.5, and the pixels
+    whose probability lies strictly between 1 - c and c."""
+    _check_pixel_confidence(pixel_confidence)
+    mask = probabilities >= 0.5
+    uncertain = (probabilities > 1 - pixel_confidence) & (probabilities < pixel_confidence)
+    return mask, uncertain
+
+
+def pack_pseudo_mask(mask: np.ndarray, uncertain: np.ndarray | None) -> np.ndarray:
+    """(H, W, 4) packed mask bits, followed by 4 bytes of packed ignore bits
+    when ``uncertain`` is given."""
+    packed = pack_mask(mask)
+    return packed if uncertain is None else np.concatenate([packed, pack_mask(uncertain)], axis=-1)
+
+
+def write_pseudo_labels(
+    index_path: str | Path,
+    checkpoints: list[str | Path],
+    out_dir: str | Path,
+    preprocess_options: dict,
+    device,
+    confidence: float,
+    pixel_confidence: float,
+    ignore_uncertain: bool,
+    progress: bool = True,
+    **predict_options,
+) -> pd.DataFrame:
+    """Predict every test image of the index with the mean of
+    ``checkpoints`` and write the confident ones as a pseudo-label cache
+    (module docstring); returns the table of every image's confidence."""
+    _check_pixel_confidence(pixel_confidence)
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence must be in [0, 1], got {confidence}")
+    test = read_index(index_path, "test")
+    if test.empty:
+        raise ValueError(f"{index_path} lists no test image to pseudo-label")
+    groups = load_model_groups(checkpoints, device)
+    rows, kept = [], []
+    with atomic_path(out_dir) as staging:
+        staging.mkdir(parents=True)
+        for _, row in tqdm(test.iterrows(), total=len(test), desc="pseudo-label", disable=not progress):
+            stem = Path(row["image_name"]).stem
+            image = preprocess(read_image(row["image_path"]), preprocess_options)
+            probabilities = mean_probabilities(groups, image, device, **predict_options)
+            per_class = class_confidence(probabilities)
+            score = float(per_class.mean())
+            mask, uncertain = pseudo_label(probabilities, pixel_confidence)
+            rows.append({
+                "image_name": row["image_name"], "person_id": row["person_id"], "confidence": score,
+                "kept": score >= confidence, "weakest_class": CLASSES[int(np.argmin(per_class))],
+                "weakest_class_confidence": float(per_class.min()),
+                "uncertain_pixels": int(uncertain.any(axis=0).sum()),
+            })
+            if score < confidence:
+                continue
+            np.save(staging / f"{stem}.image.npy", image)
+            np.save(staging / f"{stem}.mask.npy", pack_pseudo_mask(mask, uncertain if ignore_uncertain else None))
+            kept.append({
+                "image_name": row["image_name"], "stem": stem, "person_id": row["person_id"],
+                "height": image.shape[0], "width": image.shape[1], "image_path": row["image_path"], "label_path": "",
+                "image_crc": file_crc(staging / f"{stem}.image.npy"), "mask_crc": file_crc(staging / f"{stem}.mask.npy"),
+            })
+        table = pd.DataFrame(rows)
+        table.to_csv(staging / "confidence.csv", index=False, float_format="%.6f")
+        columns = ["image_name", "stem", "person_id", "height", "width", "image_path", "label_path", "image_crc", "mask_crc"]
+        pd.DataFrame(kept, columns=columns).to_csv(staging / "cache.csv", index=False)
+    log.info("%d of %d test images confident enough (>= %.3f) to train on -> %s",
+             len(kept), len(test), confidence, out_dir)
+    return table

@@ -1,0 +1,200 @@
+# Pseudo-labelling (pseudo_label.enabled): rounds 2, 3, ... under
+# results/pseudo/round{r}/. Round r's fold-k models train on fold k's
+# training images plus the test images that round r-1's fold-k models label
+# confidently; then the round predicts, fits its ensemble and
+# post-processing on its own OOF maps (real labels only) and submits. The
+# rules are round 1's, pointed at the round's folders.
+
+
+_check_pseudo_losses()
+
+
+rule pseudo_label:
+    input:
+        index="results/index/index.csv",
+        checkpoints=lambda wildcards: expand(
+            "{folder}/models/{model}/fold{fold}/model.pt",
+            folder=round_dir(int(wildcards.round) - 1),
+            model=round_models(int(wildcards.round) - 1),
+            fold=wildcards.fold,
+        ),
+    output:
+        directory("results/pseudo/round{round}/labels/fold{fold}"),
+    params:
+        options=predict_options(),
+        confidence=PSEUDO["confidence"],
+        pixel_confidence=PSEUDO["pixel_confidence"],
+        ignore="--ignore-uncertain" if PSEUDO["ignore_uncertain"] else "--no-ignore-uncertain",
+    log:
+        "results/logs/pseudo/round{round}/pseudo_label/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/pseudo_label/fold{fold}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet pseudo-label --index {input.index:q} --checkpoints {input.checkpoints:q}"
+        " --confidence {params.confidence} --pixel-confidence {params.pixel_confidence} {params.ignore}"
+        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+
+
+use rule train as train_pseudo with:
+    input:
+        cache=CACHE,
+        folds="results/splits/folds.csv",
+        checked=ancient("results/checks/models.json"),
+        pseudo_labels="results/pseudo/round{round}/labels/fold{fold}",
+    output:
+        checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
+        metrics="results/pseudo/round{round}/models/{model}/fold{fold}/metrics.json",
+        history="results/pseudo/round{round}/models/{model}/fold{fold}/history.csv",
+    params:
+        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {shlex.quote(input.pseudo_labels)}",
+    log:
+        "results/logs/pseudo/round{round}/train/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/train/{model}/fold{fold}.tsv"
+
+
+use rule predict_oof as predict_oof_pseudo with:
+    input:
+        index="results/index/index.csv",
+        folds="results/splits/folds.csv",
+        checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
+    output:
+        directory("results/pseudo/round{round}/predictions/{model}/oof/fold{fold}"),
+    log:
+        "results/logs/pseudo/round{round}/predict_oof/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/predict_oof/{model}/fold{fold}.tsv"
+
+
+use rule predict_test as predict_test_pseudo with:
+    input:
+        index="results/index/index.csv",
+        checkpoints=expand("results/pseudo/round{{round}}/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
+    output:
+        directory("results/pseudo/round{round}/predictions/{model}/test"),
+    log:
+        "results/logs/pseudo/round{round}/predict/{model}.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/predict/{model}.tsv"
+
+
+PSEUDO_OOF = expand("results/pseudo/round{{round}}/predictions/{model}/oof/fold{fold}", model=PSEUDO_MODELS, fold=FOLDS)
+PSEUDO_OOF_FOLDERS = expand("results/pseudo/round{{round}}/predictions/{model}/oof", model=PSEUDO_MODELS)
+
+
+use rule fit_ensemble as fit_ensemble_pseudo with:
+    input:
+        oof=PSEUDO_OOF,
+        folds="results/splits/folds.csv",
+        cache=CACHE,
+    output:
+        weights="results/pseudo/round{round}/ensemble/weights.json",
+        table="results/pseudo/round{round}/ensemble/oof_scores.csv",
+    params:
+        oof=PSEUDO_OOF_FOLDERS,
+    log:
+        "results/logs/pseudo/round{round}/fit_ensemble.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/fit_ensemble.tsv"
+
+
+use rule fit_postprocess as fit_postprocess_pseudo with:
+    input:
+        oof=PSEUDO_OOF,
+        folds="results/splits/folds.csv",
+        cache=CACHE,
+        weights="results/pseudo/round{round}/ensemble/weights.json",
+        ensemble_table="results/pseudo/round{round}/ensemble/oof_scores.csv",
+    output:
+        params="results/pseudo/round{round}/postprocess/params.json",
+        table=report(
+            "results/pseudo/round{round}/postprocess/oof_scores.csv",
+            caption="../report/pseudo_oof.rst",
+            category="6. Pseudo-labelling",
+            subcategory="round {round}",
+        ),
+        figure="results/pseudo/round{round}/postprocess/per_class_dice.png",
+    params:
+        oof=PSEUDO_OOF_FOLDERS,
+    log:
+        "results/logs/pseudo/round{round}/fit_postprocess.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/fit_postprocess.tsv"
+
+
+use rule ensemble as ensemble_pseudo with:
+    input:
+        maps=expand("results/pseudo/round{{round}}/predictions/{model}/test", model=PSEUDO_MODELS),
+        weights="results/pseudo/round{round}/ensemble/weights.json",
+    output:
+        directory("results/pseudo/round{round}/ensemble/test"),
+    log:
+        "results/logs/pseudo/round{round}/ensemble.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/ensemble.tsv"
+
+
+use rule submission as submission_pseudo with:
+    input:
+        probabilities="results/pseudo/round{round}/ensemble/test",
+        index="results/index/index.csv",
+        params="results/pseudo/round{round}/postprocess/params.json",
+    output:
+        "results/pseudo/round{round}/submission.csv",
+    log:
+        "results/logs/pseudo/round{round}/submission.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/submission.tsv"
+
+
+use rule score as score_pseudo with:
+    input:
+        submission="results/pseudo/round{round}/submission.csv",
+        index="results/index/index.csv",
+        demo=["results/demo"] if DEMO else [],
+    output:
+        summary="results/pseudo/round{round}/scores/holdout.json",
+        per_class="results/pseudo/round{round}/scores/holdout_per_class.csv",
+        per_image="results/pseudo/round{round}/scores/holdout_per_image.csv",
+    log:
+        "results/logs/pseudo/round{round}/score.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/score.tsv"
+
+
+ALL_ROUNDS = [1] + PSEUDO_ROUNDS
+
+
+rule compare_rounds:
+    input:
+        oof=[f"{round_dir(number)}/postprocess/oof_scores.csv" for number in ALL_ROUNDS],
+        holdout=[f"{round_dir(number)}/scores/holdout_per_class.csv" for number in ALL_ROUNDS],
+        labels=expand("results/pseudo/round{round}/labels/fold{fold}", round=PSEUDO_ROUNDS, fold=FOLDS),
+    output:
+        table=report(
+            "results/pseudo/rounds.csv",
+            caption="../report/pseudo_rounds.rst",
+            category="6. Pseudo-labelling",
+            subcategory="rounds compared",
+        ),
+        figure=report(
+            "results/pseudo/rounds.png",
+            caption="../report/pseudo_rounds.rst",
+            category="6. Pseudo-labelling",
+            subcategory="rounds compared",
+        ),
+    log:
+        "results/logs/pseudo/compare_rounds.log",
+    benchmark:
+        "results/benchmarks/pseudo/compare_rounds.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m handbone --quiet compare-rounds --oof-tables {input.oof:q} --holdout-tables {input.holdout:q}"
+        " --labels {input.labels:q} --out {output.table:q} --figure {output.figure:q} 2> {log:q}"
