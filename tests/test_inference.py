@@ -90,6 +90,29 @@ def test_stitching_falls_back_to_the_cpu_when_the_device_is_out_of_memory(monkey
     assert np.abs(result - expected).max() < 1e-6
 
 
+def test_maps_are_resized_on_the_cpu_when_the_device_is_out_of_memory(monkeypatch, caplog):
+    """A test-time scale other than 1 resizes the stitched maps back to the
+    image; on a full GPU that resize moves to the CPU (once it moved maps
+    stitched on the CPU back to the GPU and failed there)."""
+    import handbone.inference as inference
+
+    image = _image(90, 70)
+    expected = predict_probabilities([Pointwise()], image, 32, "cpu", mode="patch", scales=(1.5,))
+    real_interpolate, calls = inference.F.interpolate, []
+
+    def interpolate_without_room_on_the_device(tensor, *args, **kwargs):
+        if kwargs.get("size") == (90, 70) and not calls:
+            calls.append(tensor.shape)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_interpolate(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(inference.F, "interpolate", interpolate_without_room_on_the_device)
+    result = predict_probabilities([Pointwise()], image, 32, "cpu", mode="patch", scales=(1.5,))
+    assert calls, "the simulated out-of-memory error was never raised"
+    assert "resizing on the CPU" in caplog.text
+    assert np.abs(result - expected).max() < 1e-6
+
+
 def _tiny_checkpoint(path, input_mode="patch", input_size=64):
     from handbone.model import build_model, save_checkpoint
 

@@ -85,6 +85,29 @@ def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, over
     return total.div_(norm)[None, :, :height, :width]
 
 
+def _resize_maps(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (1, C, h, w) maps where they are (maps stitched on
+    the CPU stay there); on the CPU if the device runs out of memory."""
+    try:
+        return F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+    except torch.OutOfMemoryError:
+        log.warning("out of device memory for resizing the maps; resizing on the CPU")
+        return F.interpolate(probabilities.cpu(), size=size, mode="bilinear", align_corners=False)
+
+
+def _to_host(probabilities: torch.Tensor) -> torch.Tensor:
+    """Maps on the CPU. From a GPU through page-locked memory: a plain .cpu()
+    of a 29 x 2048 x 2048 map into fresh pageable memory costs more than the
+    whole sliding-window prediction."""
+    if probabilities.device.type != "cuda":
+        return probabilities
+    try:
+        host = torch.empty(probabilities.shape, dtype=probabilities.dtype, pin_memory=True)
+    except RuntimeError:  # page-locked memory refused: the plain copy
+        return probabilities.cpu()
+    return host.copy_(probabilities)
+
+
 @torch.no_grad()
 def predict_probabilities(
     models,
@@ -124,7 +147,7 @@ def predict_probabilities(
                 scaled = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
             probabilities = _sliding_window(models, scaled, input_size, hflip, overlap, batch_size)
         if probabilities.shape[-2:] != (height, width):
-            probabilities = F.interpolate(probabilities.to(device), size=(height, width), mode="bilinear", align_corners=False)
-        probabilities = probabilities.cpu()
+            probabilities = _resize_maps(probabilities, (height, width))
+        probabilities = _to_host(probabilities)
         mean = probabilities if mean is None else mean.add_(probabilities)
     return mean.div_(len(scales))[0].numpy()
