@@ -8,10 +8,12 @@ locally with `pytest -m "not slurm"`.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -74,11 +76,19 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
     snakemake(local, "--cores", "2")
     print(f"tiny workflow locally: {time.perf_counter() - started:.0f} s")
     assert remote_submission == (local / "results" / "submission.csv").read_bytes()
-    # One SLURM job per rule instance (the `all` target runs on the submitting side).
-    accounting = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-3hours", "-o", "JobID,JobName,State,WorkDir"],
-                                capture_output=True, text=True, check=True).stdout
+    # One SLURM job per rule instance (the `all` target runs on the submitting
+    # side), each COMPLETED; GPUs requested by the GPU rules only.
+    accounting = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", "now-3hours", "-o", "JobID,State,AllocTRES,Comment,WorkDir"],
+        capture_output=True, text=True, check=True,
+    ).stdout
     rows = [line.split("|") for line in accounting.splitlines() if line.endswith(str(repository))]
-    expected = sum(int(count) for rule, count in plan.items() if rule not in ("all", "total"))
-    assert len(rows) == expected and all(row[2] == "COMPLETED" for row in rows), accounting
+    rules = Counter(re.match(r"rule_(.+?)(?:_wildcards_.*)?$", row[3]).group(1) for row in rows)
+    expected = {rule: int(count) for rule, count in plan.items() if rule not in ("all", "total")}
+    assert rules == expected and all(row[1] == "COMPLETED" for row in rows), accounting
+    for _, _, resources, comment, _ in rows:
+        wants_gpu = re.match(r"rule_(train|predict_oof|predict_test)(_wildcards_|$)", comment) is not None
+        assert ("gres/gpu=1" in resources.split(",")) == wants_gpu, (comment, resources)
+    expected = sum(expected.values())
     # One kept log per job: results/logs/slurm/rule_<rule>[/<wildcards>]/<job id>.log
     assert len(list((repository / "results" / "logs" / "slurm").rglob("*.log"))) == expected

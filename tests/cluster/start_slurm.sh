@@ -25,6 +25,7 @@ if [ -n "$missing" ]; then
 fi
 
 mkdir -p "$state"/{spool,ctld,log,run}
+previous=$(cat "$state/slurm.conf" 2>/dev/null || true)
 cat > "$state/slurm.conf" <<CONF
 ClusterName=handbone
 SlurmctldHost=$host
@@ -42,6 +43,10 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+# sacct then shows each job's GPUs (AllocTRES) and the executor's comment
+# (rule_<rule>_wildcards_...), so a test can count jobs per rule.
+AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
@@ -98,6 +103,13 @@ mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS
 pgrep -x slurmdbd > /dev/null || slurmdbd   # reads slurmdbd.conf beside $SLURM_CONF
 for _ in $(seq 30); do sacctmgr -i show cluster > /dev/null 2>&1 && break; sleep 1; done
 sacctmgr -i add cluster handbone > /dev/null 2>&1 || true
+if [ "$previous" != "$(cat "$state/slurm.conf")" ] && pgrep -x slurmctld > /dev/null; then
+    # A changed configuration (e.g. from an older version of this script)
+    # needs the daemons restarted.
+    pkill -x slurmctld || true
+    pkill -x slurmd || true
+    for _ in $(seq 30); do pgrep -x slurmctld > /dev/null || pgrep -x slurmd > /dev/null || break; sleep 1; done
+fi
 pgrep -x slurmctld > /dev/null || slurmctld -f "$state/slurm.conf"
 pgrep -x slurmd > /dev/null || slurmd -f "$state/slurm.conf"
 for _ in $(seq 60); do
