@@ -35,6 +35,23 @@ def test_model_zoo_builds_offline_with_29_outputs(arch, encoder):
     assert output.shape == (1, 29, 64, 64)
 
 
+def test_importing_the_training_code_opens_no_network_connection():
+    probe = (
+        "import socket\n"
+        "attempts = []\n"
+        "def refuse(self, *args):\n"
+        "    attempts.append(args)\n"
+        "    raise OSError('network blocked by the test')\n"
+        "socket.socket.connect = refuse\n"
+        "import handbone.train, albumentations\n"
+        "print(len(attempts))\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    environment["PYTHONPATH"] = str(REPO / "workflow")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment, check=True)
+    assert result.stdout.strip() == "0", result.stdout + result.stderr
+
+
 def test_unknown_model_fails_with_its_name():
     with pytest.raises(ValueError, match="no-such-encoder"):
         build_model({"arch": "Unet", "encoder": "no-such-encoder"})
