@@ -141,6 +141,16 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
     assert np.load(folder / "plain" / "test1.mask.npy").shape == (16, 20, 4)
 
 
+def test_a_fold_without_a_confident_test_image_says_so(test_images, monkeypatch, caplog):
+    folder, maps = test_images
+    monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
+    monkeypatch.setattr(pseudo, "mean_probabilities", lambda groups, image, device, **options: maps[40])
+    table = pseudo.write_pseudo_labels(folder / "index.csv", ["unused.pt"], folder / "none", {"clahe": {"enabled": False}},
+                                       torch.device("cpu"), 0.99, 0.9, ignore_uncertain=True, progress=False)
+    assert not table["kept"].any() and pd.read_csv(folder / "none" / "cache.csv").empty
+    assert "no test image reached confidence 0.990" in caplog.text
+
+
 def test_training_adds_the_pseudo_labels_of_other_people_only(tmp_path):
     from handbone.data import index_data_root
     from handbone.preprocess import build_cache

@@ -134,4 +134,7 @@ def write_pseudo_labels(
         pd.DataFrame(kept, columns=columns).to_csv(staging / "cache.csv", index=False)
     log.info("%d of %d test images confident enough (>= %.3f) to train on -> %s",
              len(kept), len(test), confidence, out_dir)
+    if not kept:
+        log.warning("no test image reached confidence %.3f (the best: %.3f); this fold of the next round trains on "
+                    "real images only: lower pseudo_label.confidence to use some", confidence, table["confidence"].max())
     return table
