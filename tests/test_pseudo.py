@@ -23,7 +23,6 @@ def test_class_confidence_is_the_dice_a_map_expects_of_its_own_mask():
     assert confidence[1] == pytest.approx(12.8 / 14.4, abs=1e-5)
     assert confidence[2] < 1e-4
     assert np.allclose(confidence[3:], 1.0)  # absent, and no pixel says otherwise
-    assert pseudo.image_confidence(probabilities) == pytest.approx(confidence.mean())
 
 
 def test_uncertain_pixels_lie_strictly_between_the_pixel_confidences():
@@ -119,7 +118,7 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
     folder, maps = test_images
     monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
     monkeypatch.setattr(pseudo, "mean_probabilities", lambda groups, image, device, **options: maps[int(image[0, 0])])
-    expected = [pseudo.image_confidence(maps[value]) for value in (0, 40, 80)]
+    expected = [pseudo.class_confidence(maps[value]).mean() for value in (0, 40, 80)]
     assert expected[0] > expected[1] > expected[2]
     threshold = (expected[1] + expected[2]) / 2
     table = pseudo.write_pseudo_labels(folder / "index.csv", ["unused.pt"], folder / "labels", {"clahe": {"enabled": False}},

@@ -8,7 +8,8 @@ model through the pseudo-labels, and the out-of-fold scores of the rounds
 stay comparable.
 
 A test image becomes a training image only if the models are confident
-about it (``image_confidence``: the Dice they expect of their own mask);
+about it: the mean over classes of ``class_confidence``, the Dice they
+expect of their own mask (averaged like the competition's score);
 its uncertain pixels (probability between 1 - c and c) can be left out of
 the loss. The labels are written as a cache in the layout of the preprocessing
 cache (``preprocess``), so training reads them like real ones:
@@ -55,14 +56,6 @@ def class_confidence(probabilities: np.ndarray) -> np.ndarray:
     mask = flat >= 0.5
     overlap = np.where(mask, flat, 0).sum(axis=1, dtype=np.float64)
     return (2 * overlap + SMOOTH) / (flat.sum(axis=1, dtype=np.float64) + np.count_nonzero(mask, axis=1) + SMOOTH)
-
-
-def image_confidence(probabilities: np.ndarray) -> float:
-    """The mean of ``class_confidence`` over the classes: the competition's
-    score (mean over classes) as the models expect it on this image. On the
-    demo's out-of-fold maps its rank correlation with the true Dice is
-    0.56-0.79 (README, "Pseudo-labelling")."""
-    return float(class_confidence(probabilities).mean())
 
 
 def pseudo_label(probabilities: np.ndarray, pixel_confidence: float) -> tuple[np.ndarray, np.ndarray]:
