@@ -4,11 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
 from handbone import pseudo
-from handbone.preprocess import IGNORE, CacheEntry, file_crc, pack_mask, unpack_mask_batch
+from handbone.preprocess import (
+    IGNORE,
+    CacheEntry,
+    file_crc,
+    pack_mask,
+    unpack_mask_batch,
+)
 from handbone.train import fold_images, make_loss, train_fold
+from PIL import Image
 
 
 def test_class_confidence_is_the_dice_a_map_expects_of_its_own_mask():
