@@ -84,15 +84,22 @@ def file_crc(path: Path) -> int:
     return checksum
 
 
-def _write_entry(folder: Path, stem: str, row, options: dict) -> dict:
-    image = preprocess(read_image(row["image_path"]), options)
+def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray) -> dict:
+    """Save one cache entry (``row``: its index row) and return its line of
+    cache.csv, with the CRC-32 of both files."""
+    stem = Path(row["image_name"]).stem
     np.save(folder / f"{stem}.image.npy", image)
-    np.save(folder / f"{stem}.mask.npy", pack_mask(mask_for_row(row)))
+    np.save(folder / f"{stem}.mask.npy", packed_mask)
     return {
         "image_name": row["image_name"], "stem": stem, "height": image.shape[0], "width": image.shape[1],
         "image_path": row["image_path"], "label_path": row["label_path"],
         "image_crc": file_crc(folder / f"{stem}.image.npy"), "mask_crc": file_crc(folder / f"{stem}.mask.npy"),
     }
+
+
+def _write_labelled_entry(folder: Path, row, options: dict) -> dict:
+    image = preprocess(read_image(row["image_path"]), options)
+    return write_entry(folder, row, image, pack_mask(mask_for_row(row)))
 
 
 def build_cache(index_path: str | Path, out: str | Path, options: dict, progress: bool = True) -> Path:
@@ -102,7 +109,7 @@ def build_cache(index_path: str | Path, out: str | Path, options: dict, progress
     with atomic_path(out) as staging:
         staging.mkdir(parents=True)
         rows = [
-            _write_entry(staging, Path(row["image_name"]).stem, row, options)
+            _write_labelled_entry(staging, row, options)
             for _, row in tqdm(index.iterrows(), total=len(index), desc="preprocess", disable=not progress)
         ]
         pd.DataFrame(rows).to_csv(staging / "cache.csv", index=False)
@@ -140,7 +147,7 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
         log.warning("%s: cache entry %s is damaged (missing or CRC mismatch); rebuilt from %s into %s "
                     "(rerun the preprocess rule to repair the cache)", cache_dir, stem, row["image_path"], spare_dir)
         spare_dir.mkdir(parents=True, exist_ok=True)
-        _write_entry(spare_dir, stem, {**row.to_dict(), "image_name": row["image_name"]}, options)
+        _write_labelled_entry(spare_dir, {**row.to_dict(), "image_name": row["image_name"]}, options)
         locations[stem] = spare_dir
     return locations
 

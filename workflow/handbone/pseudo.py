@@ -37,7 +37,7 @@ from .classes import CLASSES
 from .data import read_image, read_index
 from .metrics import SMOOTH
 from .predict import load_model_groups, mean_probabilities
-from .preprocess import file_crc, pack_mask, preprocess
+from .preprocess import pack_mask, preprocess, write_entry
 
 log = logging.getLogger("handbone")
 
@@ -100,7 +100,6 @@ def write_pseudo_labels(
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for _, row in tqdm(test.iterrows(), total=len(test), desc="pseudo-label", disable=not progress):
-            stem = Path(row["image_name"]).stem
             image = preprocess(read_image(row["image_path"]), preprocess_options)
             probabilities = mean_probabilities(groups, image, device, **predict_options)
             per_class = class_confidence(probabilities)
@@ -114,13 +113,8 @@ def write_pseudo_labels(
             })
             if score < confidence:
                 continue
-            np.save(staging / f"{stem}.image.npy", image)
-            np.save(staging / f"{stem}.mask.npy", pack_pseudo_mask(mask, uncertain if ignore_uncertain else None))
-            kept.append({
-                "image_name": row["image_name"], "stem": stem, "person_id": row["person_id"],
-                "height": image.shape[0], "width": image.shape[1], "image_path": row["image_path"], "label_path": "",
-                "image_crc": file_crc(staging / f"{stem}.image.npy"), "mask_crc": file_crc(staging / f"{stem}.mask.npy"),
-            })
+            packed = pack_pseudo_mask(mask, uncertain if ignore_uncertain else None)
+            kept.append({**write_entry(staging, row, image, packed), "person_id": row["person_id"]})
         table = pd.DataFrame(rows)
         table.to_csv(staging / "confidence.csv", index=False, float_format="%.6f")
         columns = ["image_name", "stem", "person_id", "height", "width", "image_path", "label_path", "image_crc", "mask_crc"]

@@ -32,16 +32,6 @@ for _model in PSEUDO_MODELS:
         raise WorkflowError(f"pseudo_label.models: {_model!r} is not one of models: ({', '.join(MODELS)})")
 
 
-def _check_pseudo_losses():
-    # Checked here so that a whole round 1 does not run before train_pseudo fails.
-    for model in PSEUDO_MODELS if PSEUDO_ROUNDS and PSEUDO["ignore_uncertain"] else []:
-        if train_options(model)["loss"].get("focal"):
-            raise WorkflowError(
-                f"models.{model} uses the focal loss, which cannot ignore pixels (multilabel): drop it from the "
-                "train loss or set pseudo_label.ignore_uncertain to false"
-            )
-
-
 def round_dir(number):
     """Where a round's models, maps, ensemble and submission live."""
     return "results" if int(number) == 1 else f"results/pseudo/round{number}"

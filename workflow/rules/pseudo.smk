@@ -6,7 +6,13 @@
 # rules are round 1's, pointed at the round's folders.
 
 
-_check_pseudo_losses()
+# Checked at the start, so that a whole round 1 does not run before train_pseudo fails.
+for _model in PSEUDO_MODELS if PSEUDO_ROUNDS and PSEUDO["ignore_uncertain"] else []:
+    if train_options(_model)["loss"].get("focal"):
+        raise WorkflowError(
+            f"models.{_model} uses the focal loss, which cannot ignore pixels (multilabel): drop it from the "
+            "train loss or set pseudo_label.ignore_uncertain to false"
+        )
 
 
 rule pseudo_label:
