@@ -11,7 +11,7 @@
    image on the CPU with TTA (hflip and scales 0.8, 1.0, 1.5), for a
    resize-mode model and for 1024 px sliding windows.
 
-MONAI is a benchmark dependency only: pip install -e '.[benchmark]'.
+MONAI is installed with handbone (its DynUNet is the nnU-Net-style member).
 
 Usage (after the demo run, which trains the default checkpoint):
   python benchmarks/inference.py [--checkpoint results/models/unet_mobilenetv3/fold0/model.pt]

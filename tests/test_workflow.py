@@ -1,5 +1,6 @@
 """The real Snakefile run by the real snakemake command on a tiny data set."""
 
+import copy
 import json
 import os
 import re
@@ -48,10 +49,12 @@ def copy_repository(root: Path, config: dict) -> Path:
     return root
 
 
-def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml"):
+def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=True):
+    """Run the Snakefile in ``workdir`` with ``configfile`` as the whole
+    config, or with ``replace=False`` merged over config.yaml."""
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / configfile), "--replace-workflow-config", *arguments]
+               "--configfile", str(workdir / configfile), *(["--replace-workflow-config"] if replace else []), *arguments]
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
@@ -311,12 +314,53 @@ def test_a_real_data_root_replaces_the_demo(tmp_path):
     assert result.returncode != 0 and "missing/train/DCM does not exist" in result.stdout + result.stderr
 
 
-def test_competition_config_plans_three_models_by_five_folds(tmp_path):
+def test_competition_config_plans_four_models_by_five_folds(tmp_path):
     from handbone.synthetic import SyntheticConfig, generate
 
     root = generate(tmp_path / "set", SyntheticConfig(train_people=5, test_people=1, image_size=64), progress=False)
     config = yaml.safe_load((REPO / "configs" / "competition.yaml").read_text())
     config["data"]["root"] = str(root / "data")  # the real root is not on this machine
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    plan = planned_jobs(snakemake(tmp_path, "-n", "--cores", "24", "--resources", "gpu=3").stdout)
-    assert plan["train"] == "15" and plan["predict_test"] == "3" and "demo_data" not in plan
+    # As the whole config, and merged over config.yaml (whose demo model it sets to null).
+    for replace in (True, False):
+        dry_run = snakemake(tmp_path, "-n", "--cores", "24", "--resources", "gpu=3", replace=replace).stdout
+        plan = planned_jobs(dry_run)
+        assert plan["train"] == "20" and plan["predict_test"] == "4" and "demo_data" not in plan
+        trained = {re.search(r"results/models/([^/]+)/", outputs[0]).group(1) for rule, _, outputs in dry_run_jobs(dry_run)
+                   if rule == "train"}
+        assert trained == {"unet_hrnet_w48", "nnunet", "deeplabv3plus_resnet50", "upernet_swin_base"}
+
+
+def test_pretrained_and_nnunet_members_run_through_every_rule_offline(tmp_path, pretrained_cache):
+    """A pretrained encoder read from the weights cache and the nnU-Net-style
+    member (deep supervision on) through training, prediction, ensembling
+    and a pseudo-labelling round; without the weights nothing trains."""
+    cache, _ = pretrained_cache
+    config = copy.deepcopy(TINY_CONFIG)
+    config["models"] = {
+        "pretrained": {**TINY_CONFIG["models"]["tiny"], "encoder_weights": True},
+        "nnunet": {"arch": "nnUNet", "kwargs": {"base_features": 8, "max_features": 32, "deep_supervision": 1}},
+    }
+    config["weights"] = {"cache_dir": str(tmp_path / "empty-cache")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "2", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "logs" / "check_models.log").read_text()
+    assert "models.pretrained" in log and "handbone fetch-weights" in log and "models.nnunet" not in log
+    assert not list((tmp_path / "results").glob("models/*/fold*/*")), "a training job started"
+
+    config["weights"]["cache_dir"] = str(cache)
+    # The nnU-Net member through a pseudo-labelling round too (the tiny smp model's round is tested above).
+    config["pseudo_label"].update(enabled=True, confidence=0.0, models=["nnunet"])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, "--cores", "2")
+    results = tmp_path / "results"
+    index = pd.read_csv(results / "index" / "index.csv")
+    test = index[index["split"] == "test"]
+    sizes = {name: (h, w) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
+    for folder, models in ((results, ("pretrained", "nnunet")), (results / "pseudo" / "round2", ("nnunet",))):
+        assert validate(folder / "submission.csv", sizes) == 2
+        for model in models:
+            assert len(list((folder / "predictions" / model / "test").glob("*.npz"))) == 2
+            assert json.loads((folder / "models" / model / "fold1" / "metrics.json").read_text())["val_dice"] >= 0
+    assert set(json.loads((results / "checks" / "models.json").read_text())["parameters"]) == {"pretrained", "nnunet"}

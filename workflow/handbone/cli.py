@@ -89,23 +89,73 @@ def cmd_preprocess(args) -> None:
     log.info("preprocessing cache written to %s", args.out)
 
 
+FETCH_COMMAND = "handbone fetch-weights --configfile config.yaml [--configfile <this run's config file>]"
+
+
+def _model_sizes(options: dict, scales) -> tuple[int, list[int], int]:
+    """A model's input size, every side its network sees (the input size,
+    and in resize mode each test-time scale of it) and its batch size."""
+    from .inference import scaled_size
+    from .train import DEFAULT_TRAIN
+
+    options = {**DEFAULT_TRAIN, **options}
+    size = int(options["input_size"])
+    sides = [size] + ([scaled_size(size, scale) for scale in scales] if options["input_mode"] == "resize" else [])
+    return size, sides, int(options["batch_size"])
+
+
 def cmd_check_models(args) -> None:
     from .atomic import atomic_path
-    from .model import build_model
+    from .model import check_model, missing_weights, weights_cache_folder
 
-    problems, sizes = [], {}
+    problems, missing, sizes = [], [], {}
     for name, spec in args.models.items():
         try:
-            model = build_model(spec)
-            sizes[name] = sum(parameter.numel() for parameter in model.parameters())
+            absent = missing_weights(spec)
+            if absent:
+                missing.append(f"models.{name}: {absent}")
+                continue
+            size, sides, batch_size = _model_sizes(args.options.get(name, {}), args.scales)
+            sizes[name] = check_model(spec, size, sides, batch_size)
         except (ValueError, FileNotFoundError) as error:
             problems.append(f"models.{name}: {error}")
+    if missing:
+        problems.append(
+            f"pretrained weights missing from the weights cache {weights_cache_folder()}: {'; '.join(missing)}. "
+            f"Fetch them once on a machine with network: `{FETCH_COMMAND}`, "
+            "then copy that folder to this machine (or `dvc add` it); training reads only the cache"
+        )
     if problems:
         raise ValueError("; ".join(problems))
     with atomic_path(args.out) as temporary:
         temporary.write_text(json.dumps({"parameters": sizes}, indent=2) + "\n")
     for name, size in sizes.items():
         log.info("models.%s builds: %.1f M parameters", name, size / 1e6)
+
+
+def cmd_fetch_weights(args) -> None:
+    from .atomic import atomic_path
+    from .config import load_config, model_specs, train_options
+
+    config = load_config(args.configfile)
+    use_weights_cache(args.weights_cache or config["weights"]["cache_dir"], online=True)
+    from .model import build_model, hub_weights, weights_cache_folder
+
+    fetched = {}
+    for name, spec in model_specs(config).items():
+        source = hub_weights(spec)
+        if source is None:
+            log.info("models.%s: no pretrained weights to fetch", name)
+            continue
+        # Building the model with its weights is the fetch: the library
+        # downloads them into the hub cache the way it always does.
+        build_model(spec, int(train_options(config, name)["input_size"]))
+        if not source.cached():
+            raise ValueError(f"models.{name}: {source.describe()} was loaded but is not in {weights_cache_folder()}")
+        fetched[name] = {"encoder": spec["encoder"], "hub": source.describe()}
+        log.info("models.%s: %s in %s", name, source.describe(), weights_cache_folder())
+    with atomic_path(Path(weights_cache_folder()) / "handbone-fetched.json") as temporary:
+        temporary.write_text(json.dumps({"config_files": args.configfile, "models": fetched}, indent=2) + "\n")
 
 
 def cmd_train(args) -> None:
@@ -370,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="handbone", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--weights-cache", help="Hugging Face Hub cache folder of pretrained encoder weights "
+                        "(default: the hub's own, HF_HUB_CACHE); only fetch-weights goes online, every other command reads it offline")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, function, help_text):
@@ -407,9 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--options", type=_json, default={}, help='preprocessing options as JSON, e.g. \'{"clahe": {"enabled": true}}\'')
     sub.add_argument("--out", required=True, help="cache folder")
 
-    sub = command("check-models", cmd_check_models, "build every configured model once, to fail before any training")
+    sub = command("check-models", cmd_check_models,
+                  "build every configured model once with its weights and check its input sizes, before any training")
     sub.add_argument("--models", type=_json, required=True, help="JSON {name: {arch, encoder, encoder_weights, kwargs}}")
+    sub.add_argument("--options", type=_json, default={},
+                     help="JSON {name: training options}: input size and mode, batch size (default: the train defaults)")
+    sub.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (resize-mode models see each)")
     sub.add_argument("--out", required=True)
+
+    sub = command("fetch-weights", cmd_fetch_weights,
+                  "download the configured models' pretrained encoder weights into the weights cache "
+                  "(the one command that uses the network)")
+    sub.add_argument("--configfile", action="append", required=True,
+                     help="config file; several are merged in order as Snakemake merges them (e.g. config.yaml, "
+                          "then configs/competition.yaml). The cache is weights.cache_dir unless --weights-cache is given")
 
     sub = command("train", cmd_train, "train one model on one fold")
     sub.add_argument("--cache", required=True)
@@ -532,9 +595,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_weights_cache(folder: str | None, online: bool) -> None:
+    """Point the Hugging Face Hub (through which segmentation-models-pytorch
+    and timm load pretrained weights) at ``folder`` and take it offline
+    unless ``online``: no job may hang on a network call. The hub reads
+    these once, when first imported, so this runs before any model code;
+    a caller that imported it already (main() called in-process) gets its
+    read values updated too."""
+    import os
+
+    if folder:
+        os.environ["HF_HUB_CACHE"] = str(Path(folder).resolve())
+    os.environ["HF_HUB_OFFLINE"] = "0" if online else "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = online is False
+        if folder:
+            constants.HF_HUB_CACHE = os.environ["HF_HUB_CACHE"]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    use_weights_cache(args.weights_cache, online=args.command == "fetch-weights")
     from .data import DataError
     from .submission import SubmissionError
 

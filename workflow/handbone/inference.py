@@ -49,7 +49,7 @@ def _forward(models, batch: torch.Tensor, hflip: bool) -> torch.Tensor:
     return total.div_(len(models) * len(views))
 
 
-def _scaled_size(length: int, scale: float) -> int:
+def scaled_size(length: int, scale: float) -> int:
     return max(32, int(round(length * scale / 32)) * 32)
 
 
@@ -137,7 +137,7 @@ def predict_probabilities(
     mean = None
     for scale in scales:
         if mode == "resize":
-            side = _scaled_size(input_size, scale)
+            side = scaled_size(input_size, scale)
             batch = F.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
             probabilities = _forward(models, batch, hflip)
         else:

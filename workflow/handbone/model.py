@@ -1,7 +1,11 @@
-"""Models named in config and built by segmentation-models-pytorch."""
+"""Models named in config: segmentation-models-pytorch architectures and an
+nnU-Net-style U-Net (MONAI's DynUNet), with pretrained encoder weights read
+from a Hugging Face Hub cache that ``handbone fetch-weights`` fills."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,40 +17,263 @@ from .classes import NUM_CLASSES
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
+# The arch name of the nnU-Net-style member (not a segmentation-models-pytorch architecture).
+NNUNET = "nnUNet"
+# Its options (models.<name>.kwargs) and their defaults, nnU-Net's 2D plan:
+# features double from 32 up to 512, halving the map until it is 4 pixels.
+NNUNET_OPTIONS = {"residual": False, "deep_supervision": 0, "base_features": 32, "max_features": 512, "min_feature_map": 4}
+# encoder_weights strings that name a local file rather than a library's weights.
+LOCAL_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
-def build_model(spec: dict) -> torch.nn.Module:
-    """A model from a config entry: {arch, encoder, encoder_weights, kwargs}.
 
-    ``encoder_weights`` is null (random initialisation, nothing downloaded)
-    or a path to a local state dict for the encoder.
+class MissingWeights(ValueError):
+    """Pretrained weights a model needs are not in the weights cache."""
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """The Hugging Face Hub files a pretrained encoder is loaded from.
+
+    ``files``: per needed file, its alternatives (the library takes the
+    first one present, e.g. timm prefers model.safetensors).
     """
+
+    repo_id: str
+    revision: str | None
+    files: tuple[tuple[str, ...], ...]
+
+    def describe(self) -> str:
+        return self.repo_id + (f"@{self.revision[:10]}" if self.revision else "")
+
+    def cached(self) -> bool:
+        """Whether every needed file is in the hub cache (no network)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        return all(
+            any(isinstance(try_to_load_from_cache(self.repo_id, name, revision=self.revision), str) for name in alternatives)
+            for alternatives in self.files
+        )
+
+
+def is_local_file(weights) -> bool:
+    return isinstance(weights, str) and ("/" in weights or weights.endswith(LOCAL_WEIGHTS_SUFFIXES))
+
+
+def library_weights(spec: dict):
+    """encoder_weights as segmentation-models-pytorch takes it: None, True
+    (timm encoders: the pretrained tag in the encoder name, or timm's
+    default) or a weights name of an smp encoder (``imagenet``, ``ssl``...).
+    A local file and null give None (the file is loaded by build_model)."""
+    weights, encoder = spec.get("encoder_weights"), str(spec.get("encoder"))
+    if weights in (None, False) or is_local_file(weights):
+        return None
+    if spec.get("arch") == NNUNET:
+        raise ValueError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
+    if encoder.startswith("tu-"):
+        if weights is True or weights == "imagenet":
+            return True
+        raise ValueError(
+            f"encoder_weights {weights!r} for the timm encoder {encoder}: use true (or imagenet) and name the "
+            f"pretrained tag in the encoder, e.g. {encoder.split('.')[0]}.<tag> (timm.list_pretrained shows the tags)"
+        )
     import segmentation_models_pytorch as smp
 
+    if encoder not in smp.encoders.encoders:
+        raise ValueError(f"unknown encoder {encoder!r}")
+    available = list(smp.encoders.encoders[encoder]["pretrained_settings"])
+    name = "imagenet" if weights is True else weights
+    if name not in available:
+        raise ValueError(f"encoder {encoder} has no pretrained weights {weights!r}; available: {available}")
+    return name
+
+
+def hub_weights(spec: dict) -> HubWeights | None:
+    """Which hub files the model's pretrained encoder needs (None: none)."""
+    weights = library_weights(spec)
+    if weights is None:
+        return None
+    encoder = spec["encoder"]
+    if encoder.startswith("tu-"):
+        import timm
+        from timm.models import get_pretrained_cfg
+
+        name = encoder[3:]
+        config = get_pretrained_cfg(name) if timm.is_model(name) else None
+        if config is None or not config.hf_hub_id:
+            raise ValueError(f"timm encoder {name} has no pretrained weights on the Hugging Face Hub")
+        repo_id, _, revision = config.hf_hub_id.partition("@")
+        filename = config.hf_hub_filename or "pytorch_model.bin"
+        alternatives = (filename,) if filename.endswith(".safetensors") else ("model.safetensors", filename)
+        return HubWeights(repo_id, revision or None, (alternatives,))
+    import segmentation_models_pytorch as smp
+
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"][weights]
+    return HubWeights(settings["repo_id"], settings["revision"], (("config.json",), ("model.safetensors",)))
+
+
+def missing_weights(spec: dict) -> str | None:
+    """A description of the hub weights the model needs and the cache lacks."""
+    source = hub_weights(spec)
+    if source is None or source.cached():
+        return None
+    return f"{spec['encoder']} ({source.describe()})"
+
+
+def weights_cache_folder() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def fixed_input_size(encoder: str) -> bool:
+    """timm encoders built for one input size (Swin, ViT): they get
+    ``img_size`` at build time and then accept only that size."""
+    if not encoder.startswith("tu-"):
+        return False
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(encoder[3:])
+    return bool(config and config.fixed_input_size)
+
+
+def build_nnunet(input_size: int, **options):
+    """nnU-Net's 2D U-Net, configured from the input size as nnU-Net plans it.
+
+    Stages: the input is halved until the feature map is ``min_feature_map``
+    pixels; 3 x 3 convolutions, features doubling from ``base_features`` up
+    to ``max_features``, instance norm and leaky ReLU. ``residual`` gives the
+    residual-encoder variant; ``deep_supervision`` N > 0 adds N lower-
+    resolution heads whose outputs training adds to the loss (halving
+    weights). ``options`` are NNUNET_OPTIONS. Built by MONAI's DynUNet.
+    """
+    from monai.networks.nets import DynUNet
+
+    unknown = sorted(set(options) - set(NNUNET_OPTIONS))
+    if unknown:
+        raise ValueError(f"{NNUNET} has no option(s) {unknown}; its kwargs are {sorted(NNUNET_OPTIONS)}")
+    options = {**NNUNET_OPTIONS, **options}
+    min_feature_map, deep_supervision = options["min_feature_map"], int(options["deep_supervision"])
+    if input_size is None:
+        raise ValueError(f"{NNUNET} is planned from the input size: build it with input_size")
+    pools = int(math.floor(math.log2(input_size / min_feature_map)))
+    if pools < 1:
+        raise ValueError(f"{NNUNET}: input size {input_size} leaves no room for one downsampling to {min_feature_map} px")
+    if not 0 <= deep_supervision < pools:
+        raise ValueError(f"{NNUNET}: deep_supervision must be between 0 and {pools - 1} heads for input size {input_size}")
+    strides = [1] + [2] * pools
+    return DynUNet(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=NUM_CLASSES,
+        kernel_size=[3] * (pools + 1),
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=[min(options["base_features"] * 2**stage, options["max_features"]) for stage in range(pools + 1)],
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=deep_supervision > 0,
+        deep_supr_num=max(1, deep_supervision),
+        res_block=bool(options["residual"]),
+    )
+
+
+def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
+    """A model from a config entry: {arch, encoder, encoder_weights, kwargs}.
+
+    ``encoder_weights``: null (random initialisation), a local state-dict
+    file of the encoder, or pretrained weights as segmentation-models-pytorch
+    names them (``imagenet``, or ``true`` for a timm encoder, whose tag is
+    in its name, e.g. ``tu-hrnet_w48.ms_in1k``). Those come through the
+    libraries' Hugging Face Hub cache; with the hub offline (every command
+    but fetch-weights) a missing file raises MissingWeights, never a download.
+
+    ``input_size``: the network's input side. nnUNet is planned from it and
+    fixed-size timm encoders (Swin, ViT) are built for it; other models
+    accept any multiple of 32.
+    """
+    arch, encoder = spec.get("arch"), spec.get("encoder")
+    kwargs = dict(spec.get("kwargs") or {})
     weights = spec.get("encoder_weights")
+    if arch == NNUNET:
+        if weights not in (None, False):
+            raise ValueError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
+        return build_nnunet(input_size, **kwargs)
+
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import constants
+
+    pretrained = library_weights(spec)
+    if pretrained is not None and constants.HF_HUB_OFFLINE:
+        absent = missing_weights(spec)
+        if absent:
+            raise MissingWeights(f"pretrained weights of {absent} are not in the weights cache {weights_cache_folder()}")
+    if encoder and fixed_input_size(encoder) and "img_size" not in kwargs:
+        if input_size is None:
+            raise ValueError(f"encoder {encoder} is built for one input size: build it with input_size")
+        kwargs["img_size"] = input_size
     try:
         model = smp.create_model(
-            arch=spec["arch"],
-            encoder_name=spec["encoder"],
-            encoder_weights=None,
-            in_channels=3,
-            classes=NUM_CLASSES,
-            **spec.get("kwargs", {}),
+            arch=arch, encoder_name=encoder, encoder_weights=pretrained, in_channels=3, classes=NUM_CLASSES, **kwargs
         )
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise ValueError(f"cannot build model {spec.get('arch')!r} with encoder {spec.get('encoder')!r}: {error}") from None
-    if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder_weights {path} does not exist (only local weight files are used)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        expected = model.encoder.state_dict()
-        matching = [key for key, value in state.items() if key in expected and expected[key].shape == value.shape]
-        if not matching:
-            raise ValueError(f"encoder_weights {path} match none of the encoder's parameters")
-        # Some smp encoders drop their classifier keys themselves; extra keys
-        # (e.g. an ImageNet head) are ignored.
-        model.encoder.load_state_dict({key: state[key] for key in matching}, strict=False)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+        reason = str(error)
+        if "output_stride" in reason:
+            reason = f"{arch} needs an encoder with dilated convolutions (output_stride 8 or 16), which {encoder} lacks ({error})"
+        raise ValueError(f"cannot build model {arch!r} with encoder {encoder!r}: {reason}") from None
+    if is_local_file(weights):
+        load_encoder_file(model, Path(weights))
     return model
+
+
+def load_encoder_file(model: torch.nn.Module, path: Path) -> None:
+    """Encoder weights from a local state dict (.pt/.pth/.bin or .safetensors)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder_weights {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    expected = model.encoder.state_dict()
+    matching = [key for key, value in state.items() if key in expected and expected[key].shape == value.shape]
+    if not matching:
+        raise ValueError(f"encoder_weights {path} match none of the encoder's parameters")
+    # Some smp encoders drop their classifier keys themselves; extra keys
+    # (e.g. an ImageNet head) are ignored.
+    model.encoder.load_state_dict({key: state[key] for key in matching}, strict=False)
+
+
+def check_model(spec: dict, input_size: int, sizes, batch_size: int = 1) -> int:
+    """Build the model (with its weights), push one image of every side in
+    ``sizes`` through it and one training batch of ``batch_size`` inputs of
+    ``input_size``; return its number of parameters.
+
+    The passes run on PyTorch's meta device: shapes only, no memory and no
+    arithmetic, so a 1024 px HRNet-W48 is checked in a second. They find
+    what only a forward pass shows: a Swin encoder given another size than
+    it was built for, a decoder that does not fit the encoder, a batch norm
+    that cannot train on one image (DeepLabV3+ at batch size 1).
+    """
+    model = build_model(spec, input_size)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    model = model.to("meta").eval()
+    passes = [(side, 1, False) for side in sorted(set(sizes))] + [(input_size, batch_size, True)]
+    for side, batch, training in passes:
+        try:
+            with torch.no_grad():
+                output = model.train(training)(torch.zeros(batch, 3, side, side, device="meta"))
+        except NotImplementedError:
+            continue  # an operation without a meta kernel: the shape cannot be checked this way
+        except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as error:
+            if training:
+                raise ValueError(f"cannot train on batches of {batch} (train.batch_size): {error}") from None
+            origin = "" if side == input_size else f" (input size {input_size} x a test-time scale, resize mode)"
+            raise ValueError(f"does not run on {side} x {side} inputs{origin}: {error}") from None
+        # In training, deep supervision adds a head axis: (batch, heads, classes, side, side).
+        if tuple(output.shape[-3:]) != (NUM_CLASSES, side, side) or output.shape[0] != batch:
+            raise ValueError(f"gives {tuple(output.shape)} for a {side} x {side} input, not ({batch}, {NUM_CLASSES}, {side}, {side})")
+    return parameters
 
 
 def to_network_input(images: torch.Tensor) -> torch.Tensor:
@@ -68,9 +295,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> Non
 def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from a checkpoint (loaded with weights_only=True)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    # The state dict holds every weight; the encoder's initial weights file
-    # is not needed again.
-    model = build_model({**checkpoint["model"], "encoder_weights": None})
+    # The state dict holds every weight: the encoder's pretrained weights
+    # are not needed again.
+    model = build_model({**checkpoint["model"], "encoder_weights": None}, checkpoint.get("input_size"))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

@@ -143,9 +143,20 @@ def make_loss(weights: dict, ignore_index: int | None = None):
     parts = [(float(weight), factories[name]()) for name, weight in weights.items() if weight]
 
     def loss(logits, target):
+        if logits.dim() == 5:
+            return deep_supervision_loss(loss, logits, target)
         return sum(weight * part(logits, target) for weight, part in parts)
 
     return loss
+
+
+def deep_supervision_loss(loss, heads: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's deep supervision: ``heads`` (B, N, C, H, W) are the full-
+    resolution output and N - 1 lower-resolution heads upsampled to it
+    (MONAI's DynUNet in training mode); their losses are added with
+    weights halving from head to head, normalised to sum to 1."""
+    weights = [0.5**head for head in range(heads.shape[1])]
+    return sum(weight * loss(heads[:, head], target) for head, weight in enumerate(weights)) / sum(weights)
 
 
 def seed_everything(seed: int) -> None:
@@ -250,7 +261,7 @@ def train_fold(
     seed = int(options["seed"]) + 1000 * fold
     seed_everything(seed)
     size = int(options["input_size"])
-    model = build_model(model_spec).to(device)
+    model = build_model(model_spec, size).to(device)
     transform = augmentations(size, mode, options["augment"], seed)
     dataset = CachedImages(locations, train_stems + pseudo_stems, transform, mode, size)
     generator = torch.Generator()

@@ -4,11 +4,25 @@ import json
 import os
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
+# What the config means is defined once, in the handbone package (no torch
+# behind this import).
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+from handbone import config as handbone_config
 
-MODELS = list(config["models"])
+
+# A model set to null is left out: a --configfile merged over config.yaml
+# can so drop config.yaml's models (configs/competition.yaml does).
+MODELS = list(handbone_config.model_specs(config))
+if not MODELS:
+    raise WorkflowError("models: every model is null; configure at least one")
+# Pretrained encoder weights: filled once by `handbone fetch-weights`, read
+# offline by the model check and training (handbone keeps the hub offline
+# in every command but fetch-weights).
+WEIGHTS_CACHE = config["weights"]["cache_dir"]
 FOLDS = list(range(config["cv"]["folds"]))
 # With no data root the synthetic demo set is generated and used.
 DEMO = config["data"]["root"] is None
@@ -44,11 +58,13 @@ def round_models(number):
 ENV = "../../envs/handbone.yaml"
 # Rules run this checkout's handbone package (python -m handbone) with the
 # environment's Python, so they need no install of the package (also with
-# --sdm conda).
+# --sdm conda). HF_HUB_CACHE is where segmentation-models-pytorch and timm
+# look for pretrained weights; set here rather than as a param, so moving
+# the folder retrains nothing.
 shell.prefix(
     # Snakemake formats the prefix like a shell command: braces are doubled.
-    "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(
-        shlex.quote(os.path.join(workflow.basedir, "workflow"))
+    "set -euo pipefail; export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; export HF_HUB_CACHE={}; ".format(
+        shlex.quote(os.path.join(workflow.basedir, "workflow")), shlex.quote(WEIGHTS_CACHE)
     )
 )
 
@@ -83,14 +99,11 @@ def synthetic_arguments():
 
 
 def model_spec(model):
-    spec = dict(config["models"][model])
-    spec.pop("train", None)
-    return spec
+    return handbone_config.model_specs(config)[model]
 
 
 def train_options(model):
-    """The shared train section with the model's own overrides on top."""
-    return {**config["train"], **config["models"][model].get("train", {})}
+    return handbone_config.train_options(config, model)
 
 
 def predict_options():

@@ -50,7 +50,6 @@ use rule train as train_pseudo with:
     input:
         cache=CACHE,
         folds="results/splits/folds.csv",
-        checked=ancient("results/checks/models.json"),
         pseudo_labels="results/pseudo/round{round}/labels/fold{fold}",
     output:
         checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",

@@ -1,29 +1,32 @@
 # Training: one job per model and fold, each holding one GPU slot.
 
 
-# Every model is built once before any training job starts, so a typo in an
-# architecture or encoder name stops the run at once, naming the model.
-rule check_models:
-    output:
-        "results/checks/models.json",
-    params:
-        models=as_json({model: model_spec(model) for model in MODELS}),
-    log:
-        "results/logs/check_models.log",
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "python -m handbone --quiet check-models --models {params.models:q} --out {output:q} 2> {log:q}"
+# Before any job runs (not for a dry run, nor when nothing is to be done),
+# every model is built once with its pretrained weights from the weights
+# cache (offline) and pushed through a shape check at every input size and
+# the batch size it will see, so a typo in an architecture or encoder name,
+# a combination that cannot work or missing weights stop the run with one
+# message naming every model concerned. It is a gate, not a rule: as a rule
+# its output would make every model's training out of date whenever one
+# model changed, or, as an ancient() input, Snakemake (9.27) would ignore the
+# changed params of every job below it in that run.
+onstart:
+    os.makedirs("results/logs", exist_ok=True)
+    os.makedirs("results/checks", exist_ok=True)
+    checked_models = as_json({model: model_spec(model) for model in MODELS})
+    checked_options = as_json({model: train_options(model) for model in MODELS})
+    checked_scales = " ".join(str(float(scale)) for scale in config["predict"]["scales"])
+    shell(
+        "python -m handbone --quiet check-models --models {checked_models:q} --options {checked_options:q}"
+        " --scales {checked_scales} --out results/checks/models.json 2> results/logs/check_models.log"
+        " || {{ cat results/logs/check_models.log >&2; exit 1; }}"
+    )
 
 
 rule train:
     input:
         cache=CACHE,
         folds="results/splits/folds.csv",
-        # ancient: rewriting the check when one model changes must not make
-        # the other models' training look out of date.
-        checked=ancient("results/checks/models.json"),
     output:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
         metrics="results/models/{model}/fold{fold}/metrics.json",
