@@ -1,0 +1,181 @@
+"""What fits on which GPU: every model of configs/competition.yaml and of
+config.yaml (the demo), one training step (forward + backward + AdamW) on
+windows of one size at batch 1, 2 and 4.
+
+Per model: parameters; seconds per window of a training step; peak memory
+of the step. On CUDA: mixed precision as training runs it (float16 autocast
+with a GradScaler, what a V100 supports), peak from
+torch.cuda.max_memory_allocated, and whether batch 2 fits a 16 GB and a
+32 GB card (peak plus 1 GiB for the CUDA context). On the CPU (no GPU):
+float32, peak resident memory of the process above the built model, which
+says how the models compare, not what a GPU needs.
+
+Each model runs in a fresh process (peak memory is per process); encoders
+are built without their pretrained weights (same size and speed; nothing
+is downloaded).
+
+Usage:
+  python benchmarks/models.py [--window 1024] [--batches 1 2 4] [--repeats 5]
+      [--device cuda|cpu] [--configs configs/competition.yaml config.yaml] [--out models.json]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 2**30
+CUDA_CONTEXT = 1 * GIB
+
+
+def configured_models(config_files: list[str]) -> dict:
+    """{name: (spec, source file)} of every non-null model of the files."""
+    models = {}
+    for name in config_files:
+        for model, spec in yaml.safe_load((REPO / name).read_text())["models"].items():
+            if spec is not None:
+                models[model] = ({key: value for key, value in spec.items() if key != "train"}, name)
+    return models
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def measure(spec: dict, window: int, batches: list[int], repeats: int, device_name: str) -> dict:
+    """One model, in this process: parameters, and per batch size the
+    seconds per window of a training step and its peak memory."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from handbone.model import build_model
+    from handbone.train import make_loss
+
+    device = torch.device(device_name)
+    model = build_model({**spec, "encoder_weights": None}, window).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    loss_fn = make_loss({"dice": 1.0, "bce": 1.0})
+    baseline = resident_bytes()
+    result = {"parameters": sum(parameter.numel() for parameter in model.parameters()), "batches": {}}
+
+    def step(images, masks):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            loss = loss_fn(model(images), masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches:
+        images = torch.randn(batch, 3, window, window, device=device)
+        masks = (torch.rand(batch, 29, window, window, device=device) > 0.5).float()
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            step(images, masks)  # warm-up: cuDNN plans, allocator
+            if cuda:
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                step(images, masks)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - started) / repeats
+            peak = torch.cuda.max_memory_allocated(device) if cuda else \
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+            result["batches"][batch] = {"seconds_per_window": seconds / batch, "peak_gib": peak / GIB}
+        except torch.OutOfMemoryError:
+            result["batches"][batch] = {"seconds_per_window": None, "peak_gib": None, "error": "out of memory"}
+            break
+        except ValueError as error:  # e.g. a batch norm that cannot train on one image
+            result["batches"][batch] = {"seconds_per_window": None, "peak_gib": None, "error": str(error)[:200]}
+        finally:
+            del images, masks
+            if cuda:
+                torch.cuda.empty_cache()
+    return result
+
+
+def fits(peak_gib, card_gib: int) -> str:
+    if peak_gib is None:
+        return "no"
+    return "yes" if peak_gib * GIB + CUDA_CONTEXT <= card_gib * 10**9 else "no"
+
+
+def table(rows: list[dict], batches: list[int], device: str, window: int) -> str:
+    memory = "peak GPU GiB (AMP)" if device == "cuda" else "peak RSS GiB above the model (fp32)"
+    header = ["model", "config", "arch / encoder", "params (M)"]
+    header += [f"ms/window b{batch}" for batch in batches] + [f"{memory} b{batch}" for batch in batches]
+    header += ["b2 fits 16 GB", "b2 fits 32 GB"] if device == "cuda" else []
+    lines = [f"Training step (forward + backward + AdamW), {window} x {window} windows, device {device}",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        measured = row["batches"]
+        cells = [row["model"], row["config"], f"{row['spec']['arch']} / {row['spec'].get('encoder', '-')}",
+                 f"{row['parameters'] / 1e6:.1f}"]
+        def failed(batch):
+            error = measured.get(str(batch), {}).get("error", "")
+            return "OOM" if "memory" in error else "cannot train" if error else "-"
+
+        cells += [f"{measured[str(b)]['seconds_per_window'] * 1000:.0f}" if measured.get(str(b), {}).get("seconds_per_window")
+                  else failed(b) for b in batches]
+        cells += [f"{measured[str(b)]['peak_gib']:.2f}" if measured.get(str(b), {}).get("peak_gib") is not None
+                  else failed(b) for b in batches]
+        if device == "cuda":
+            peak = measured.get("2", {}).get("peak_gib")
+            cells += [fits(peak, 16), fits(peak, 32)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--window", type=int, default=1024, help="window side in pixels (the training input size)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per batch size (after one warm-up)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--configs", nargs="+", default=["configs/competition.yaml", "config.yaml"])
+    parser.add_argument("--out", default="results/benchmarks/models.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this JSON spec in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one), args.window, args.batches, args.repeats, args.device)))
+        return
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name, (spec, source) in configured_models(args.configs).items():
+        command = [sys.executable, __file__, "--one", json.dumps(spec), "--window", str(args.window),
+                   "--repeats", str(args.repeats), "--device", args.device, "--batches", *map(str, args.batches)]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode != 0:
+            sys.exit(f"{name}: {completed.stderr[-2000:]}")
+        rows.append({"model": name, "config": source, "spec": spec, **json.loads(completed.stdout.splitlines()[-1])})
+        print(f"{name}: done", file=sys.stderr)
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        device_name = torch.cuda.get_device_name(0)
+    else:
+        device_name = "cpu"
+    report = {"window": args.window, "device": device_name, "repeats": args.repeats, "models": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(table(json.loads(json.dumps(rows)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window))
+    print(f"\n(device: {device_name}; JSON: {args.out})")
+
+
+if __name__ == "__main__":
+    main()
