@@ -2,18 +2,15 @@
 # The rules live in workflow/rules/, the logic in the handbone package.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# Paths of the config and schema are relative to this file, so the workflow
-# also runs with --directory elsewhere; --configfile on the command line
-# overrides values of config.yaml.
+# The path of config.yaml is relative to this file, so the workflow also
+# runs with --directory elsewhere; --configfile on the command line
+# overrides its values. common.smk completes and checks the config.
 configfile: os.path.join(workflow.basedir, "config.yaml")
-
-
-validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
 
 include: "workflow/rules/common.smk"

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from handbone.data import index_data_root, mask_for_row, read_image
-from handbone.preprocess import build_cache, pack_mask, preprocess
+from handbone.cache import build_cache
+from handbone.masks import pack_mask
+from handbone.preprocess import preprocess
 from handbone.synthetic import SyntheticConfig, generate
 from handbone.train import DEFAULT_TRAIN, CachedImages, augment_sample, augmentations
 

@@ -10,7 +10,7 @@ from handbone import probmaps
 from handbone.ensemble import combine, ensemble_maps
 from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
 from handbone.postprocess import PostprocessParams, class_mask
-from handbone.preprocess import pack_mask
+from handbone.masks import pack_mask
 
 SHAPE = (29, 12, 16)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from handbone.preprocess import pack_mask, unpack_mask
+from handbone.masks import pack_mask, unpack_mask
 from handbone.splits import make_folds
 
 
@@ -57,7 +57,8 @@ def test_split_command_marks_excluded_images(tmp_path):
 
 def test_cached_sample_equals_png_and_json(tmp_path):
     from handbone.data import index_data_root, mask_for_row, read_image
-    from handbone.preprocess import CacheEntry, build_cache, preprocess
+    from handbone.cache import CacheEntry, build_cache
+    from handbone.preprocess import preprocess
     from handbone.synthetic import SyntheticConfig, generate
 
     root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=96, seed=4), progress=False)
@@ -76,7 +77,7 @@ def test_cached_sample_equals_png_and_json(tmp_path):
 
 def test_a_damaged_cache_entry_is_rebuilt_instead_of_trained_on(tmp_path, caplog):
     from handbone.data import index_data_root
-    from handbone.preprocess import CacheEntry, build_cache, verify_cache
+    from handbone.cache import CacheEntry, build_cache, verify_cache
     from handbone.synthetic import SyntheticConfig, generate
 
     root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=64, seed=4), progress=False)

@@ -5,13 +5,8 @@ import pandas as pd
 import pytest
 import torch
 from handbone import pseudo
-from handbone.preprocess import (
-    IGNORE,
-    CacheEntry,
-    file_crc,
-    pack_mask,
-    unpack_mask_batch,
-)
+from handbone.cache import CacheEntry, file_crc
+from handbone.masks import IGNORE, pack_mask, unpack_mask_batch
 from handbone.train import fold_images, make_loss, train_fold
 from PIL import Image
 
@@ -157,7 +152,7 @@ def test_a_fold_without_a_confident_test_image_says_so(test_images, monkeypatch,
 
 def test_training_adds_the_pseudo_labels_of_other_people_only(tmp_path):
     from handbone.data import index_data_root
-    from handbone.preprocess import build_cache
+    from handbone.cache import build_cache
     from handbone.splits import make_folds
     from handbone.synthetic import SyntheticConfig, generate
 

@@ -1,4 +1,4 @@
-"""Training: defaults, model zoo, resume after a kill."""
+"""Training: model zoo, resume after a kill."""
 
 import os
 import signal
@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from handbone.data import index_data_root
 from handbone.model import build_model
-from handbone.preprocess import build_cache
+from handbone.cache import build_cache
 from handbone.splits import make_folds
 from handbone.synthetic import SyntheticConfig, generate
-from handbone.train import DEFAULT_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_defaults_equal_the_config_train_section():
-    assert DEFAULT_TRAIN == yaml.safe_load((REPO / "config.yaml").read_text())["train"]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +105,7 @@ def test_killed_training_resumes_and_ends_with_the_same_weights(tiny_cache):
 def test_augmenting_the_packed_mask_equals_augmenting_29_channels():
     import numpy as np
 
-    from handbone.preprocess import pack_mask, unpack_mask_batch
+    from handbone.masks import pack_mask, unpack_mask_batch
     from handbone.train import augment_sample, augmentations
 
     rng = np.random.default_rng(0)

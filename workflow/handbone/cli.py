@@ -83,7 +83,7 @@ def cmd_split(args) -> None:
 
 
 def cmd_preprocess(args) -> None:
-    from .preprocess import build_cache
+    from .cache import build_cache
 
     build_cache(args.index, args.out, args.options, progress=_progress(args))
     log.info("preprocessing cache written to %s", args.out)

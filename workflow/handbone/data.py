@@ -19,14 +19,11 @@ import pandas as pd
 from PIL import Image
 
 from .classes import CLASS_TO_INDEX, NUM_CLASSES
+from .errors import DataError, MissingInput
 
 log = logging.getLogger("handbone")
 
 INDEX_COLUMNS = ["split", "person_id", "image_name", "image_path", "label_path", "height", "width"]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file(s) and the problem."""
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -213,6 +210,32 @@ def index_data_root(root: str | Path) -> pd.DataFrame:
 def read_index(path: str | Path, split: str | None = None) -> pd.DataFrame:
     index = pd.read_csv(path, dtype={"person_id": str, "label_path": str}, keep_default_na=False)
     return index[index["split"] == split].reset_index(drop=True) if split else index
+
+
+FOLD_COLUMNS = ["image_name", "person_id", "fold", "excluded", "exclusion_reason"]
+
+
+def read_folds(path: str | Path, fold: int | None = None) -> pd.DataFrame:
+    """The folds table written by ``handbone split`` (FOLD_COLUMNS); with
+    ``fold``, also check that the table has that fold."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{path}: folds table does not exist (written by `handbone split`)")
+    folds = pd.read_csv(path, dtype={"person_id": str, "exclusion_reason": str}, keep_default_na=False)
+    missing = [column for column in FOLD_COLUMNS[:3] if column not in folds]
+    if missing:
+        raise DataError(f"{path}: not a folds table, no column {', '.join(missing)}")
+    if "excluded" not in folds:
+        folds["excluded"] = False
+    folds["excluded"] = folds["excluded"].astype(str).str.lower().isin(["true", "1"])
+    if fold is not None and fold not in set(folds["fold"]):
+        raise DataError(f"fold {fold} is not in {path} (folds: {sorted(set(folds['fold']))})")
+    return folds
+
+
+def usable_images(folds: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the images that are not excluded (wrong labels)."""
+    return folds[~folds["excluded"]]
 
 
 def mask_for_row(row) -> np.ndarray:

@@ -18,10 +18,12 @@ from tqdm import tqdm
 
 from . import probmaps
 from .classes import CLASSES, NUM_CLASSES
+from .data import read_folds, usable_images
+from .errors import DataError
 from .ensemble import combine, uniform_weights, union_box
 from .metrics import SMOOTH
 from .postprocess import PostprocessParams, component_areas, kept_components, threshold_cut
-from .preprocess import CacheEntry
+from .cache import CacheEntry
 
 log = logging.getLogger("handbone")
 
@@ -33,8 +35,7 @@ def _dice(true_positives, predicted, actual):
 def oof_maps(folds_path: str | Path, model_dirs: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:
     """(image stem, {model: map file}) of every usable training image; each
     model's folder holds fold*/ subfolders of out-of-fold maps."""
-    folds = pd.read_csv(folds_path, dtype={"person_id": str})
-    usable = folds[~folds["excluded"]] if "excluded" in folds else folds
+    usable = usable_images(read_folds(folds_path))
     found = {model: {path.name: path for path in Path(folder).glob("fold*/*.npz")} for model, folder in model_dirs.items()}
     images, missing = [], []
     for name in usable["image_name"]:
@@ -45,7 +46,7 @@ def oof_maps(folds_path: str | Path, model_dirs: dict[str, Path]) -> list[tuple[
     if missing:
         raise FileNotFoundError(f"no out-of-fold map for {len(missing)} training image(s), e.g. {missing[:3]}")
     if not images:
-        raise ValueError(f"{folds_path} lists no usable training image")
+        raise DataError(f"{folds_path} lists no usable training image")
     return images
 
 

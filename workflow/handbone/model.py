@@ -13,6 +13,7 @@ import torch
 
 from .atomic import atomic_path
 from .classes import NUM_CLASSES
+from .errors import MissingWeights
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -24,10 +25,6 @@ NNUNET = "nnUNet"
 NNUNET_OPTIONS = {"residual": False, "deep_supervision": 0, "base_features": 32, "max_features": 512, "min_feature_map": 4}
 # encoder_weights strings that name a local file rather than a library's weights.
 LOCAL_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-class MissingWeights(ValueError):
-    """Pretrained weights a model needs are not in the weights cache."""
 
 
 @dataclass(frozen=True)

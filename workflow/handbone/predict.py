@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import probmaps
+from . import config, probmaps
 from .atomic import atomic_path
-from .data import DataError, read_image, read_index
+from .data import read_folds, read_image, read_index
+from .errors import DataError
 from .inference import predict_probabilities
 from .model import load_checkpoint
 from .preprocess import preprocess
@@ -29,9 +30,7 @@ def validation_images(index_path: str | Path, folds_path: str | Path, fold: int)
     Excluded images are predicted too, so the out-of-fold maps cover every
     training image once; whoever scores them decides whether to skip them.
     """
-    folds = pd.read_csv(folds_path, dtype={"person_id": str})
-    if fold not in set(folds["fold"]):
-        raise ValueError(f"fold {fold} is not in {folds_path} (folds: {sorted(set(folds['fold']))})")
+    folds = read_folds(folds_path, fold)
     names = set(folds.loc[folds["fold"] == fold, "image_name"])
     return [(name, path) for name, path in split_images(index_path, "train") if name in names]
 
@@ -91,6 +90,7 @@ def predict_images(
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
     multi-scale TTA over ``scales`` (see inference.predict_probabilities).
     The folder appears only when every map is written."""
+    preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     groups = load_model_groups(checkpoints, device)
     filenames = [probmaps.map_filename(name) for name, _ in images]
     shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})

@@ -32,12 +32,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from . import config
 from .atomic import atomic_path
 from .classes import CLASSES
 from .data import read_image, read_index
 from .metrics import SMOOTH
 from .predict import load_model_groups, mean_probabilities
-from .preprocess import pack_mask, preprocess, write_entry
+from .cache import write_entry
+from .masks import pack_mask
+from .preprocess import preprocess
 
 log = logging.getLogger("handbone")
 
@@ -89,6 +92,7 @@ def write_pseudo_labels(
     """Predict every test image of the index with the mean of
     ``checkpoints`` and write the confident ones as a pseudo-label cache
     (module docstring); returns the table of every image's confidence."""
+    preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     _check_pixel_confidence(pixel_confidence)
     if not 0.0 <= confidence <= 1.0:
         raise ValueError(f"confidence must be in [0, 1], got {confidence}")

@@ -9,12 +9,9 @@ import pandas as pd
 
 from . import rle
 from .classes import CLASSES
+from .errors import SubmissionError
 
 COLUMNS = ["image_name", "class", "rle"]
-
-
-class SubmissionError(ValueError):
-    """A submission file that the competition would reject."""
 
 
 def validate(path: str | Path, sizes: dict[str, tuple[int, int]] | None = None) -> int:

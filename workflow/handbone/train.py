@@ -16,33 +16,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import config
 from .atomic import atomic_path
 from .classes import CLASSES
+from .data import read_folds
 from .inference import predict_probabilities
 from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_network_input
-from .preprocess import IGNORE, CacheEntry, unpack_mask_batch, verify_cache
+from .cache import CacheEntry, verify_cache
+from .masks import IGNORE, unpack_mask_batch
 
 log = logging.getLogger("handbone")
-
-# The train section of config.yaml (a test keeps the two equal); used for
-# options a person leaves out when running `handbone train` by hand.
-DEFAULT_TRAIN = {
-    "input_mode": "resize",
-    "input_size": 256,
-    "epochs": 80,
-    "batch_size": 4,
-    "accumulate": 1,
-    "lr": 0.005,
-    "weight_decay": 0.0001,
-    "warmup_epochs": 2,
-    "val_every": 10,
-    "patience": 0,
-    "seed": 0,
-    "loss": {"dice": 1.0, "bce": 0.1},
-    "augment": {"hflip": 0.5, "affine": 0.5, "scale": 0.1, "shift": 0.05, "rotate": 10, "brightness_contrast": 0.5},
-}
-
 
 def augmentations(size: int, mode: str, options: dict, seed: int) -> A.Compose:
     """The albumentations pipeline of one training sample.
@@ -52,16 +36,16 @@ def augmentations(size: int, mode: str, options: dict, seed: int) -> A.Compose:
     affine moves and brightness/contrast changes.
     """
     steps = [A.Resize(size, size, interpolation=3, mask_interpolation=0)] if mode == "resize" else []  # INTER_AREA / nearest
-    if options.get("hflip", 0) > 0:
+    if options["hflip"] > 0:
         steps.append(A.HorizontalFlip(p=options["hflip"]))
-    if options.get("affine", 0) > 0:
-        scale, shift, rotate = options.get("scale", 0.1), options.get("shift", 0.05), options.get("rotate", 10)
+    if options["affine"] > 0:
+        scale, shift, rotate = options["scale"], options["shift"], options["rotate"]
         steps.append(
             A.Affine(
                 scale=(1 - scale, 1 + scale), translate_percent=(-shift, shift), rotate=(-rotate, rotate), p=options["affine"]
             )
         )
-    if options.get("brightness_contrast", 0) > 0:
+    if options["brightness_contrast"] > 0:
         steps.append(A.RandomBrightnessContrast(0.15, 0.15, p=options["brightness_contrast"]))
     return A.Compose(steps, seed=seed)
 
@@ -235,13 +219,11 @@ def train_fold(
     last finished epoch, and ends with the same weights as an uninterrupted
     run on the CPU (every epoch reseeds all random generators).
     """
-    options = {**DEFAULT_TRAIN, **options, "augment": {**DEFAULT_TRAIN["augment"], **options.get("augment", {})}}
+    options = config.section("train", options, "train options")
     mode = options["input_mode"]
-    if mode not in ("resize", "patch"):
-        raise ValueError(f"train.input_mode must be resize or patch, got {mode!r}")
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folds = pd.read_csv(folds_path, dtype={"person_id": str})
+    folds = read_folds(folds_path, fold)
     pseudo = None
     if pseudo_dir is not None:
         pseudo = pd.read_csv(Path(pseudo_dir) / "cache.csv", dtype={"person_id": str, "stem": str}, keep_default_na=False)

@@ -12,7 +12,14 @@ from snakemake.exceptions import WorkflowError
 # behind this import).
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 from handbone import config as handbone_config
+from handbone.errors import ConfigError
 
+# Options missing from the config (e.g. a --replace-workflow-config file
+# that sets only some) take config.yaml's values; the schema checks them.
+try:
+    handbone_config.resolve(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 # A model set to null is left out: a --configfile merged over config.yaml
 # can so drop config.yaml's models (configs/competition.yaml does).
