@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from handbone.data import index_data_root, mask_for_row, read_image
+from handbone import config
 from handbone.cache import build_cache
+from handbone.data import index_data_root, mask_for_row, read_image
 from handbone.masks import pack_mask
 from handbone.preprocess import preprocess
 from handbone.synthetic import SyntheticConfig, generate
-from handbone.train import DEFAULT_TRAIN, CachedImages, augment_sample, augmentations
+from handbone.train import CachedImages, augment_sample, augmentations
 
-OPTIONS = {"clahe": {"enabled": True, "clip_limit": 2.0, "tile_grid_size": 8}}
+OPTIONS = config.default("preprocess")
 
 
 def naive_sample(row, transform, window):
@@ -52,13 +53,16 @@ def main() -> None:
         cache = build_cache(folder / "index.csv", folder / "cache", OPTIONS, progress=False)
         build_seconds = time.monotonic() - started
         train = index[index["split"] == "train"].reset_index(drop=True)
-        transform = augmentations(args.window, "patch", DEFAULT_TRAIN["augment"], seed=0)
+        transform = augmentations(args.window, "patch", config.default("train.augment"), seed=0)
         stems = [name[:-4] for name in train["image_name"]]
         dataset = CachedImages({stem: cache for stem in stems}, stems, transform, "patch", args.window)
 
         timings = {}
         for name, draw in (
-            ("naive (PNG + JSON per sample)", lambda k: naive_sample(train.iloc[k % len(train)], transform, args.window)),
+            (
+                "naive (PNG + JSON per sample)",
+                lambda k: naive_sample(train.iloc[k % len(train)], transform, args.window),
+            ),
             ("cache (memory-mapped window)", lambda k: dataset[k % len(dataset)]),
         ):
             draw(0)  # warm-up: file cache, lazy imports
@@ -67,8 +71,10 @@ def main() -> None:
                 draw(k)
             timings[name] = args.samples / (time.monotonic() - started)
         size = sum(path.stat().st_size for path in cache.iterdir())
-    print(f"{len(train)} train images of {args.size}x{args.size}, {args.window}x{args.window} windows, "
-          f"{args.samples} samples each way, 1 process")
+    print(
+        f"{len(train)} train images of {args.size}x{args.size}, {args.window}x{args.window} windows, "
+        f"{args.samples} samples each way, 1 process"
+    )
     print(f"cache built in {build_seconds:.1f} s, {size / 2**20:.0f} MiB on disk")
     for name, rate in timings.items():
         print(f"  {name:32s} {rate:7.2f} samples/s")

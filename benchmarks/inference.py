@@ -50,7 +50,7 @@ def synthetic_test_images(folder: Path, count: int) -> list[np.ndarray]:
     config = SyntheticConfig(train_people=1, test_people=max(1, (count + 1) // 2), image_size=2048, seed=77)
     index = index_data_root(generate(folder / "set", config, progress=False) / "data")
     paths = index.loc[index["split"] == "test", "image_path"].head(count)
-    return [preprocess(read_image(path), {}) for path in paths]
+    return [preprocess(read_image(path), config.default("preprocess")) for path in paths]
 
 
 def compare_with_monai(model, image: np.ndarray, window: int, overlap: float, repeats: int) -> None:
@@ -64,8 +64,13 @@ def compare_with_monai(model, image: np.ndarray, window: int, overlap: float, re
 
     def monai():
         return sliding_window_inference(
-            tensor, (window, window), batch_size, lambda batch: torch.sigmoid(model(batch)),
-            overlap=overlap, mode="gaussian", sigma_scale=0.125,
+            tensor,
+            (window, window),
+            batch_size,
+            lambda batch: torch.sigmoid(model(batch)),
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=0.125,
         )
 
     with torch.no_grad():
@@ -80,9 +85,11 @@ def compare_with_monai(model, image: np.ndarray, window: int, overlap: float, re
     # The best of several alternated runs: the forward passes dominate and
     # the machine's load only ever adds time.
     ours_time, monai_time = min(times["ours"]), min(times["monai"])
-    print(f"\n1. Sliding window, {window} px windows, overlap {overlap}, batch {batch_size}, one 2048 x 2048 image, "
-          f"best of {repeats} alternated runs (medians: ours {statistics.median(times['ours']):.2f} s, "
-          f"MONAI {statistics.median(times['monai']):.2f} s)")
+    print(
+        f"\n1. Sliding window, {window} px windows, overlap {overlap}, batch {batch_size}, one 2048 x 2048 image, "
+        f"best of {repeats} alternated runs (medians: ours {statistics.median(times['ours']):.2f} s, "
+        f"MONAI {statistics.median(times['monai']):.2f} s)"
+    )
     print(f"   {'':28s} {'seconds':>8s}")
     print(f"   {'handbone _sliding_window':28s} {ours_time:8.2f}")
     print(f"   {'MONAI sliding_window_inference':28s} {monai_time:8.2f}")
@@ -112,8 +119,8 @@ def compare_storage(model, checkpoint, images: list[np.ndarray], folder: Path) -
         reference = maps > 0.5
         for name, (write, read) in formats.items():
             path = folder / "map.npz"
-            _, write_seconds = timed(lambda: write(path, maps))
-            stored, read_seconds = timed(lambda: read(path))
+            _, write_seconds = timed(lambda: write(path, maps))  # noqa: B023 (called at once)
+            stored, read_seconds = timed(lambda: read(path))  # noqa: B023 (called at once)
             dice = dice_per_class(stored > 0.5, reference).min()
             rows[name].append((path.stat().st_size, write_seconds, read_seconds, dice))
             path.unlink()
@@ -145,9 +152,11 @@ def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str, 
     size = checkpoint["input_size"] if mode == "resize" else window
     image = np.load(image_path)
     before = high_water_mark_gb()
-    _, seconds = timed(lambda: predict_probabilities(
-        [model], image, size, torch.device("cpu"), hflip=True, mode=mode, scales=TTA_SCALES, batch_size=batch_size
-    ))
+    _, seconds = timed(
+        lambda: predict_probabilities(
+            [model], image, size, torch.device("cpu"), hflip=True, mode=mode, scales=TTA_SCALES, batch_size=batch_size
+        )
+    )
     print(f"{high_water_mark_gb():.2f} {before:.2f} {seconds:.1f}")
 
 
@@ -162,9 +171,23 @@ def measure_memory(checkpoint_path: str, window: int, image: np.ndarray, folder:
         ("patch", 1, f"{window} px windows, overlap 0.5, batch 1"),
     ):
         result = subprocess.run(
-            [sys.executable, __file__, "--memory-child", mode, "--checkpoint", checkpoint_path, "--window", str(window),
-             "--image", str(image_path), "--batch-size", str(batch_size)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                mode,
+                "--checkpoint",
+                checkpoint_path,
+                "--window",
+                str(window),
+                "--image",
+                str(image_path),
+                "--batch-size",
+                str(batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         peak, before, seconds = result.stdout.split()
         print(f"   {label:42s} {float(peak):11.2f} {float(before):18.2f} {float(seconds):8.1f}")
@@ -187,8 +210,10 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     model, checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"))
-    print(f"model: {args.checkpoint} ({checkpoint['model']['arch']}, {checkpoint['model']['encoder']}), "
-          f"CPU, {torch.get_num_threads()} threads")
+    print(
+        f"model: {args.checkpoint} ({checkpoint['model']['arch']}, {checkpoint['model']['encoder']}), "
+        f"CPU, {torch.get_num_threads()} threads"
+    )
     with tempfile.TemporaryDirectory() as folder:
         images = synthetic_test_images(Path(folder), args.images if 2 in args.parts else 1)
         if 1 in args.parts:

@@ -90,8 +90,11 @@ def measure(spec: dict, window: int, batches: list[int], repeats: int, device_na
             if cuda:
                 torch.cuda.synchronize(device)
             seconds = (time.perf_counter() - started) / repeats
-            peak = torch.cuda.max_memory_allocated(device) if cuda else \
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+            peak = (
+                torch.cuda.max_memory_allocated(device)
+                if cuda
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+            )
             result["batches"][batch] = {"seconds_per_window": seconds / batch, "peak_gib": peak / GIB}
         except torch.OutOfMemoryError:
             result["batches"][batch] = {"seconds_per_window": None, "peak_gib": None, "error": "out of memory"}
@@ -116,20 +119,35 @@ def table(rows: list[dict], batches: list[int], device: str, window: int) -> str
     header = ["model", "config", "arch / encoder", "params (M)"]
     header += [f"ms/window b{batch}" for batch in batches] + [f"{memory} b{batch}" for batch in batches]
     header += ["b2 fits 16 GB", "b2 fits 32 GB"] if device == "cuda" else []
-    lines = [f"Training step (forward + backward + AdamW), {window} x {window} windows, device {device}",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"Training step (forward + backward + AdamW), {window} x {window} windows, device {device}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         measured = row["batches"]
-        cells = [row["model"], row["config"], f"{row['spec']['arch']} / {row['spec'].get('encoder', '-')}",
-                 f"{row['parameters'] / 1e6:.1f}"]
+        cells = [
+            row["model"],
+            row["config"],
+            f"{row['spec']['arch']} / {row['spec'].get('encoder', '-')}",
+            f"{row['parameters'] / 1e6:.1f}",
+        ]
+
         def failed(batch):
-            error = measured.get(str(batch), {}).get("error", "")
+            error = measured.get(str(batch), {}).get("error", "")  # noqa: B023 (used in this iteration)
             return "OOM" if "memory" in error else "cannot train" if error else "-"
 
-        cells += [f"{measured[str(b)]['seconds_per_window'] * 1000:.0f}" if measured.get(str(b), {}).get("seconds_per_window")
-                  else failed(b) for b in batches]
-        cells += [f"{measured[str(b)]['peak_gib']:.2f}" if measured.get(str(b), {}).get("peak_gib") is not None
-                  else failed(b) for b in batches]
+        cells += [
+            f"{measured[str(b)]['seconds_per_window'] * 1000:.0f}"
+            if measured.get(str(b), {}).get("seconds_per_window")
+            else failed(b)
+            for b in batches
+        ]
+        cells += [
+            f"{measured[str(b)]['peak_gib']:.2f}" if measured.get(str(b), {}).get("peak_gib") is not None else failed(b)
+            for b in batches
+        ]
         if device == "cuda":
             peak = measured.get("2", {}).get("peak_gib")
             cells += [fits(peak, 16), fits(peak, 32)]
@@ -156,8 +174,20 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for name, (spec, source) in configured_models(args.configs).items():
-        command = [sys.executable, __file__, "--one", json.dumps(spec), "--window", str(args.window),
-                   "--repeats", str(args.repeats), "--device", args.device, "--batches", *map(str, args.batches)]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            json.dumps(spec),
+            "--window",
+            str(args.window),
+            "--repeats",
+            str(args.repeats),
+            "--device",
+            args.device,
+            "--batches",
+            *map(str, args.batches),
+        ]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             sys.exit(f"{name}: {completed.stderr[-2000:]}")
@@ -173,7 +203,9 @@ def main() -> None:
     report = {"window": args.window, "device": device_name, "repeats": args.repeats, "models": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(table(json.loads(json.dumps(rows)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window))
+    print(
+        table(json.loads(json.dumps(rows)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window)
+    )
     print(f"\n(device: {device_name}; JSON: {args.out})")
 
 

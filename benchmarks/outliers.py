@@ -39,8 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         config = SyntheticConfig(
-            train_people=args.people, test_people=max(10, args.people // 5), image_size=args.size, seed=args.seed,
-            artifact_rate=0.3, fault_rate=0.3, bent_wrist_rate_train=0.2, bent_wrist_rate_test=0.4,
+            train_people=args.people,
+            test_people=max(10, args.people // 5),
+            image_size=args.size,
+            seed=args.seed,
+            artifact_rate=0.3,
+            fault_rate=0.3,
+            bent_wrist_rate_train=0.2,
+            bent_wrist_rate_test=0.4,
         )
         root = generate(Path(folder) / "set", config, progress=False)
         index = index_data_root(root / "data")
@@ -71,19 +77,27 @@ def main() -> None:
     print(f"  {'excluded (any)':18s} {right:3d}/{len(excluded):3d} = {right / max(1, len(excluded)):.3f}")
     hard = set(manifest.loc[manifest["kind"] == "artifact", "image_name"]) - faulty
     bent = set(outliers.loc[outliers["reason"].isin(["bent_wrist", "rotated_hand"]), "image_name"]) - faulty
-    print(f"\nhard-but-correct images excluded: artifacts only {len(hard & set(excluded))}/{len(hard)}, "
-          f"bent or rotated {len(bent & set(excluded))}/{len(bent)}")
+    print(
+        f"\nhard-but-correct images excluded: artifacts only {len(hard & set(excluded))}/{len(hard)}, "
+        f"bent or rotated {len(bent & set(excluded))}/{len(bent)}"
+    )
     labelled = train[train["side_from_labels"].notna()]
     side = (labelled["side_from_labels"] == labelled["side_from_pixels"]).mean()
-    difference = np.abs([angle_difference(a, b) for a, b in zip(labelled["rotation_from_pixels"], labelled["rotation_from_labels"])])
-    print(f"\npixels versus labels on {len(labelled)} train images: side agrees {side:.3f}, "
-          f"rotation within 10 degrees {np.mean(difference <= 10):.3f} (median {np.median(difference):.1f}, max {difference.max():.1f})")
+    difference = np.abs(
+        [angle_difference(a, b) for a, b in zip(labelled["rotation_from_pixels"], labelled["rotation_from_labels"])]
+    )
+    print(
+        f"\npixels versus labels on {len(labelled)} train images: side agrees {side:.3f}, "
+        f"rotation within 10 degrees {np.mean(difference <= 10):.3f} (median {np.median(difference):.1f}, max {difference.max():.1f})"
+    )
     print(f"train/test rotation shift: {summary.get('warnings') or 'no warning'}")
     real = sorted(glob.glob(str(REAL / "*" / "*.png")))
     poses = [pixel_pose(read_image(path)) for path in real]
     sides = pd.Series([pose["side"] for pose in poses]).value_counts().to_dict()
-    print(f"\nreal radiographs: pixel pose on {len(poses)} images without error; sides {sides}, "
-          f"|rotation| median {np.median([abs(p['rotation']) for p in poses]):.1f} degrees")
+    print(
+        f"\nreal radiographs: pixel pose on {len(poses)} images without error; sides {sides}, "
+        f"|rotation| median {np.median([abs(p['rotation']) for p in poses]):.1f} degrees"
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ import yaml
 
 from handbone import probmaps, rle
 from handbone.data import index_data_root, mask_for_row, read_index
-from handbone.ensemble import ensemble_maps, write_submission
+from handbone.ensemble import ensemble_maps
 from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
 from handbone.metrics import score_submission, summarize
 from handbone.postprocess import PostprocessParams
+from handbone.submission import write_submission
 from handbone.synthetic import SyntheticConfig, generate
 
 MODELS = 3
@@ -111,7 +112,9 @@ def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[in
     params.largest = [True] * 29
     (folder / "params.json").write_text(json.dumps(params.to_dict()))
     print(f"\n2. Ensemble ({MODELS} models, uniform) + post-processing (threshold, min area, largest component) + CSV,")
-    print(f"   maps of 29 x {truth_masks[0].shape[1]} x {truth_masks[0].shape[2]}, one process per stage, {args_threads} threads, 2-core machine")
+    print(
+        f"   maps of 29 x {truth_masks[0].shape[1]} x {truth_masks[0].shape[2]}, one process per stage, {args_threads} threads, 2-core machine"
+    )
     print(f"   {'images':>6s} {'ensemble s':>10s} {'peak GB':>8s} {'submit s':>9s} {'peak GB':>8s} {'images/s':>9s}")
     for count in counts:
         run = folder / f"run{count}"
@@ -122,18 +125,51 @@ def stage_benchmark(folder: Path, truth_masks: list[np.ndarray], counts: list[in
                 target = run / f"model{model}" / "test" / probmaps.map_filename(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(unique[image % len(unique)][model], target)  # the same bytes under another name
-            rows.append({"split": "test", "person_id": "ID000", "image_name": name, "image_path": "", "label_path": "",
-                         "height": truth_masks[0].shape[1], "width": truth_masks[0].shape[2]})
+            rows.append(
+                {
+                    "split": "test",
+                    "person_id": "ID000",
+                    "image_name": name,
+                    "image_path": "",
+                    "label_path": "",
+                    "height": truth_masks[0].shape[1],
+                    "width": truth_masks[0].shape[2],
+                }
+            )
         pd.DataFrame(rows).to_csv(run / "index.csv", index=False)
         handbone = [sys.executable, "-m", "handbone", "--quiet"]
-        ensemble_seconds, ensemble_peak = run_timed(handbone + [
-            "ensemble", "--inputs", *[str(run / f"model{model}" / "test") for model in range(MODELS)],
-            "--out-dir", str(run / "ensemble"), "--threads", str(args_threads)])
-        submit_seconds, submit_peak = run_timed(handbone + [
-            "submit", "--probabilities", str(run / "ensemble"), "--index", str(run / "index.csv"),
-            "--params", str(folder / "params.json"), "--out", str(run / "submission.csv"), "--threads", str(args_threads)])
+        ensemble_seconds, ensemble_peak = run_timed(
+            handbone
+            + [
+                "ensemble",
+                "--inputs",
+                *[str(run / f"model{model}" / "test") for model in range(MODELS)],
+                "--out-dir",
+                str(run / "ensemble"),
+                "--threads",
+                str(args_threads),
+            ]
+        )
+        submit_seconds, submit_peak = run_timed(
+            handbone
+            + [
+                "submit",
+                "--probabilities",
+                str(run / "ensemble"),
+                "--index",
+                str(run / "index.csv"),
+                "--params",
+                str(folder / "params.json"),
+                "--out",
+                str(run / "submission.csv"),
+                "--threads",
+                str(args_threads),
+            ]
+        )
         rate = count / (ensemble_seconds + submit_seconds)
-        print(f"   {count:6d} {ensemble_seconds:10.1f} {ensemble_peak:8.2f} {submit_seconds:9.1f} {submit_peak:8.2f} {rate:9.2f}")
+        print(
+            f"   {count:6d} {ensemble_seconds:10.1f} {ensemble_peak:8.2f} {submit_seconds:9.1f} {submit_peak:8.2f} {rate:9.2f}"
+        )
 
 
 def demo_comparison(results: Path) -> None:
@@ -143,7 +179,9 @@ def demo_comparison(results: Path) -> None:
         print("\n3. skipped: the demo has fewer than 2 models (run it with configs/demo_ensemble.yaml)")
         return
     cache = next(path for path in (results / "cache").iterdir() if (path / "cache.csv").is_file())
-    images = oof_maps(results / "splits" / "folds.csv", {model: results / "predictions" / model / "oof" for model in models})
+    images = oof_maps(
+        results / "splits" / "folds.csv", {model: results / "predictions" / model / "oof" for model in models}
+    )
     index = read_index(results / "index" / "index.csv", "test")
     truth = results / "demo" / "ground_truth" / "test"
 
@@ -153,7 +191,9 @@ def demo_comparison(results: Path) -> None:
             weights_path = folder / "weights.json"
             weights_path.write_text(json.dumps(weights))
         maps = ensemble_maps(model_dirs, folder / "maps", weights_path, progress=False)
-        submission = write_submission(maps, results / "index" / "index.csv", folder / "submission.csv", params, progress=False)
+        submission = write_submission(
+            maps, results / "index" / "index.csv", folder / "submission.csv", params, progress=False
+        )
         return summarize(score_submission(submission, truth, index))[1]
 
     rows = []
@@ -167,8 +207,13 @@ def demo_comparison(results: Path) -> None:
         test_dirs = [results / "predictions" / model / "test" for model in models]
         plain = PostprocessParams.plain()
         variants = [
-            (f"best single model ({best_model})", oof[f"model {best_model}"],
-             [results / "predictions" / best_model / "test"], None, plain),
+            (
+                f"best single model ({best_model})",
+                oof[f"model {best_model}"],
+                [results / "predictions" / best_model / "test"],
+                None,
+                plain,
+            ),
             ("uniform ensemble", oof["uniform ensemble"], test_dirs, chosen["uniform"], plain),
             ("weighted ensemble (fitted)", oof["weighted ensemble"], test_dirs, chosen["weighted"], plain),
             ("class-wise ensemble (fitted)", oof["class-wise ensemble"], test_dirs, chosen["classwise"], plain),
@@ -176,13 +221,22 @@ def demo_comparison(results: Path) -> None:
         options = yaml.safe_load(Path("config.yaml").read_text())["postprocess"]
         for mode in ("uniform", "classwise"):
             params, steps, _ = fit_postprocess(images, models, cache, chosen[mode], options, progress=False)
-            variants.append((f"{mode} ensemble + post-processing (fitted on OOF)", steps["mean_dice"].iloc[-1],
-                             test_dirs, chosen[mode], params))
+            variants.append(
+                (
+                    f"{mode} ensemble + post-processing (fitted on OOF)",
+                    steps["mean_dice"].iloc[-1],
+                    test_dirs,
+                    chosen[mode],
+                    params,
+                )
+            )
         for number, (label, oof_dice, dirs, weights, params) in enumerate(variants):
             folder = scratch / str(number)
             folder.mkdir()
             rows.append((label, oof_dice, held_out(dirs, weights, params, folder)))
-    print(f"\n3. Demo ({len(models)} models: {', '.join(models)}; {len(images)} OOF images, {len(index)} held-out test images)")
+    print(
+        f"\n3. Demo ({len(models)} models: {', '.join(models)}; {len(images)} OOF images, {len(index)} held-out test images)"
+    )
     print(f"   {'variant':58s} {'OOF Dice':>9s} {'held-out':>9s}")
     for label, oof_dice, held in rows:
         print(f"   {label:58s} {oof_dice:9.4f} {held:9.4f}")
@@ -190,7 +244,9 @@ def demo_comparison(results: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, nargs="+", default=[300, 100], help="test-set sizes for the stage benchmark")
+    parser.add_argument(
+        "--images", type=int, nargs="+", default=[300, 100], help="test-set sizes for the stage benchmark"
+    )
     parser.add_argument("--unique", type=int, default=8, help="distinct synthetic images behind the maps")
     parser.add_argument("--results", default="results")
     parser.add_argument("--skip-demo", action="store_true")
@@ -199,7 +255,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         # Labelled synthetic hands (training images, without annotation faults).
-        config = SyntheticConfig(train_people=(args.unique + 1) // 2, test_people=1, image_size=2048, seed=11, fault_rate=0.0)
+        config = SyntheticConfig(
+            train_people=(args.unique + 1) // 2, test_people=1, image_size=2048, seed=11, fault_rate=0.0
+        )
         index = index_data_root(generate(folder / "set", config, progress=False) / "data")
         truth = [mask_for_row(row) for _, row in index[index["split"] == "train"].head(args.unique).iterrows()]
         compare_rle(truth[0])

@@ -26,7 +26,9 @@ def _root(root: Path) -> Path:
         image = root / "train" / "DCM" / "ID001" / f"{stem}.png"
         image.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(image), np.full((20, 24), 90, np.uint8))
-        _label(root / "train" / "outputs_json" / "ID001" / f"{stem}.json", [{"label": "Radius", "points": GOOD_POLYGON}])
+        _label(
+            root / "train" / "outputs_json" / "ID001" / f"{stem}.json", [{"label": "Radius", "points": GOOD_POLYGON}]
+        )
     test = root / "test" / "DCM" / "ID002" / "t.png"
     test.parent.mkdir(parents=True)
     cv2.imwrite(str(test), np.zeros((20, 24), np.uint8))
@@ -45,22 +47,43 @@ LABEL_A = "train/outputs_json/ID001/a.json"
 ERRORS = {
     "truncated PNG": (lambda r: _truncate(r / TRAIN_A), "a.png: not a readable image, corrupt or truncated"),
     "zero-size file": (lambda r: (r / TRAIN_A).write_bytes(b""), "a.png: image file is empty (0 bytes)"),
-    "JSON that does not parse": (lambda r: (r / LABEL_A).write_text("{not json"), "a.json: label file is not valid JSON"),
-    "JSON with a wrong schema": (lambda r: (r / LABEL_A).write_text('{"shapes": []}'), "a.json: label file has no 'annotations' list"),
-    "annotation without points": (lambda r: _label(r / LABEL_A, [{"label": "Radius"}]), "a.json: annotation 0 lacks 'label' or 'points'"),
-    "unknown class name": (lambda r: _label(r / LABEL_A, [{"label": "Femur", "points": GOOD_POLYGON}]),
-                           "a.json: annotation 0 ('Femur'): unknown class name"),
-    "coordinates not numbers": (lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, "x"], [2, 2], [3, 1]]}]),
-                                "a.json: annotation 0 ('Ulna'): points are not numbers"),
-    "coordinates not pairs": (lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, 2, 3], [2, 2, 2], [3, 1, 1]]}]),
-                              "points are not a list of [x, y] numbers"),
-    "label file without an image": (lambda r: _label(r / "train/outputs_json/ID001/c.json", []),
-                                    "c.json: label file without an image"),
+    "JSON that does not parse": (
+        lambda r: (r / LABEL_A).write_text("{not json"),
+        "a.json: label file is not valid JSON",
+    ),
+    "JSON with a wrong schema": (
+        lambda r: (r / LABEL_A).write_text('{"shapes": []}'),
+        "a.json: label file has no 'annotations' list",
+    ),
+    "annotation without points": (
+        lambda r: _label(r / LABEL_A, [{"label": "Radius"}]),
+        "a.json: annotation 0 lacks 'label' or 'points'",
+    ),
+    "unknown class name": (
+        lambda r: _label(r / LABEL_A, [{"label": "Femur", "points": GOOD_POLYGON}]),
+        "a.json: annotation 0 ('Femur'): unknown class name",
+    ),
+    "coordinates not numbers": (
+        lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, "x"], [2, 2], [3, 1]]}]),
+        "a.json: annotation 0 ('Ulna'): points are not numbers",
+    ),
+    "coordinates not pairs": (
+        lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, 2, 3], [2, 2, 2], [3, 1, 1]]}]),
+        "points are not a list of [x, y] numbers",
+    ),
+    "label file without an image": (
+        lambda r: _label(r / "train/outputs_json/ID001/c.json", []),
+        "c.json: label file without an image",
+    ),
     "image without a label file": (lambda r: (r / LABEL_A).unlink(), "a.png: no label file"),
     "duplicate image names across ID folders": (
-        lambda r: (r / "train/DCM/ID003").mkdir() or cv2.imwrite(str(r / "train/DCM/ID003/a.png"), np.zeros((4, 4), np.uint8))
-        or _label(r / "train/outputs_json/ID003/a.json", []),
-        "a.png: image name used more than once"),
+        lambda r: (
+            (r / "train/DCM/ID003").mkdir()
+            or cv2.imwrite(str(r / "train/DCM/ID003/a.png"), np.zeros((4, 4), np.uint8))
+            or _label(r / "train/outputs_json/ID003/a.json", [])
+        ),
+        "a.png: image name used more than once",
+    ),
     "empty test folder": (lambda r: (r / "test/DCM/ID002/t.png").unlink(), "no test images"),
     "not a data root": (lambda r: (r / "train/DCM").rename(r / "train/images"), "not a data root (no train/DCM folder"),
 }
@@ -72,13 +95,20 @@ def _findings(root: Path) -> list[dict]:
     from handbone.outliers import detect, image_features
 
     train = index_data_root(root).query("split == 'train'")
-    return detect([image_features(row.image_name, read_annotations(row.label_path), row.height, row.width)
-                   for row in train.itertuples()])
+    return detect(
+        [
+            image_features(row.image_name, read_annotations(row.label_path), row.height, row.width)
+            for row in train.itertuples()
+        ]
+    )
 
 
 def _index(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "handbone", "-q", "index", "--data-root", str(root), "--out", str(out)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "handbone", "-q", "index", "--data-root", str(root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
@@ -119,7 +149,10 @@ def test_geometric_faults_warn_and_the_eda_flags_them(tmp_path, case):
 
 def test_a_class_twice_in_one_image_is_an_outlier_not_an_error(tmp_path):
     root = _root(tmp_path / "root")
-    _label(root / LABEL_A, [{"label": "Radius", "points": GOOD_POLYGON}, {"label": "Radius", "points": [[12, 12], [18, 12], [15, 18]]}])
+    _label(
+        root / LABEL_A,
+        [{"label": "Radius", "points": GOOD_POLYGON}, {"label": "Radius", "points": [[12, 12], [18, 12], [15, 18]]}],
+    )
     findings = _findings(root)
     assert {(f["image_name"], f["reason"]) for f in findings} >= {("a.png", "class_duplicated")}
 
@@ -127,8 +160,12 @@ def test_a_class_twice_in_one_image_is_an_outlier_not_an_error(tmp_path):
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     from handbone.model import build_model, load_checkpoint, save_checkpoint
 
-    unet = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None,
-            "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]}}
+    unet = {
+        "arch": "Unet",
+        "encoder": "tu-mobilenetv3_small_050",
+        "encoder_weights": None,
+        "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
+    }
     fpn = {"arch": "FPN", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None}
     save_checkpoint(tmp_path / "model.pt", build_model(unet), {"model": fpn, "input_size": 64})
     with pytest.raises(ValueError, match="checkpoint does not fit model"):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from handbone.classes import CLASSES, CLASS_TO_INDEX, NUM_CLASSES
+from handbone.classes import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
 from handbone.data import DataError, index_data_root, rasterize, read_image
 from handbone.metrics import dice_per_class
 
@@ -12,8 +12,18 @@ from handbone.metrics import dice_per_class
 def test_class_order_matches_competition():
     assert NUM_CLASSES == 29
     assert CLASSES[0] == "finger-1" and CLASSES[18] == "finger-19"
-    assert CLASSES[19:] == ["Trapezium", "Trapezoid", "Capitate", "Hamate", "Scaphoid", "Lunate",
-                            "Triquetrum", "Pisiform", "Radius", "Ulna"]
+    assert CLASSES[19:] == [
+        "Trapezium",
+        "Trapezoid",
+        "Capitate",
+        "Hamate",
+        "Scaphoid",
+        "Lunate",
+        "Triquetrum",
+        "Pisiform",
+        "Radius",
+        "Ulna",
+    ]
 
 
 def test_rasterize_known_rectangle_and_triangle():
@@ -89,7 +99,7 @@ def test_index_warns_about_bad_polygons_and_goes_on(tmp_path, caplog, points, me
 
 
 def test_read_image_accepts_16_bit_and_rgb(tmp_path):
-    gray16 = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000)
+    gray16 = np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000
     cv2.imwrite(str(tmp_path / "g16.png"), gray16)
     assert np.array_equal(read_image(tmp_path / "g16.png"), (gray16 >> 8).astype(np.uint8))
     rgb = np.full((4, 5, 3), 100, np.uint8)

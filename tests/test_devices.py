@@ -11,8 +11,13 @@ TAKE_SLOT = (
 def _start(lock_dir, hold_seconds, **extra):
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     environment.update({"HANDBONE_GPUS": "2", "HANDBONE_GPU_LOCK_DIR": str(lock_dir), **extra})
-    return subprocess.Popen([sys.executable, "-c", TAKE_SLOT, str(hold_seconds)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment)
+    return subprocess.Popen(
+        [sys.executable, "-c", TAKE_SLOT, str(hold_seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
 
 
 def test_concurrent_jobs_get_different_gpus_and_a_third_waits(tmp_path):

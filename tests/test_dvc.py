@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import TINY_CONFIG, copy_repository, planned_jobs
+from conftest import TINY_CONFIG, copy_repository, planned_jobs
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +24,10 @@ def run(command: list[str], cwd: Path, check: bool = True) -> str:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.org",
     }
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment)
     output = result.stdout + result.stderr

@@ -9,8 +9,8 @@ import pytest
 from handbone import probmaps
 from handbone.ensemble import combine, ensemble_maps
 from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
-from handbone.postprocess import PostprocessParams, class_mask
 from handbone.masks import pack_mask
+from handbone.postprocess import PostprocessParams, class_mask
 
 SHAPE = (29, 12, 16)
 
@@ -134,8 +134,15 @@ def test_postprocessing_is_fitted_on_oof_and_steps_that_buy_nothing_are_dropped(
     prediction[0, 10, 14] = 0.8  # a stray pixel: hurts class 0's Dice
     images, cache = _oof_setup(tmp_path, {"m": prediction}, truth)
     ensemble = {"mode": "uniform", "models": ["m"], "weights": [[1.0]] * 29}
-    options = {"threshold": 0.5, "fit_thresholds": True, "threshold_grid": [0.3, 0.5, 0.7], "remove_small": True,
-               "min_area_grid": [2, 4, 64], "largest_component": True, "max_class_drop": 0.001}
+    options = {
+        "threshold": 0.5,
+        "fit_thresholds": True,
+        "threshold_grid": [0.3, 0.5, 0.7],
+        "remove_small": True,
+        "min_area_grid": [2, 4, 64],
+        "largest_component": True,
+        "max_class_drop": 0.001,
+    }
     params, table, kept = fit_postprocess(images, ["m"], cache, ensemble, options, progress=False)
     # Every threshold gives the same masks here: the step buys nothing and is dropped.
     assert kept["thresholds"] is False and params.thresholds == [0.5] * 29

@@ -43,7 +43,9 @@ def test_windows_cover_the_image_and_end_flush():
 @pytest.mark.parametrize("shape", [(97, 131), (64, 64), (40, 200)])
 def test_sliding_window_of_a_pointwise_model_equals_the_model(shape):
     image = _image(*shape)
-    expected = torch.sigmoid(Pointwise()(torch.from_numpy(image)[None, None].float().div(255).sub(0.485).div(0.229).repeat(1, 3, 1, 1)))[0].numpy()
+    expected = torch.sigmoid(
+        Pointwise()(torch.from_numpy(image)[None, None].float().div(255).sub(0.485).div(0.229).repeat(1, 3, 1, 1))
+    )[0].numpy()
     for hflip in (False, True):
         result = predict_probabilities([Pointwise()], image, 64, "cpu", hflip=hflip, mode="patch", batch_size=3)
         assert result.shape == (29,) + shape
@@ -117,8 +119,12 @@ def _tiny_checkpoint(path, input_mode="patch", input_size=64):
     from handbone.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
-    spec = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None,
-            "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]}}
+    spec = {
+        "arch": "Unet",
+        "encoder": "tu-mobilenetv3_small_050",
+        "encoder_weights": None,
+        "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
+    }
     save_checkpoint(path, build_model(spec).eval(), {"model": spec, "input_size": input_size, "input_mode": input_mode})
     return path
 
@@ -130,15 +136,20 @@ def _write_png_modes(folder):
     rng = np.random.default_rng(1)
     sizes = {}
     gray = rng.integers(0, 256, (75, 51), dtype=np.uint8)
-    Image.fromarray(gray).save(folder / "gray.png"); sizes["gray.png"] = gray.shape
+    Image.fromarray(gray).save(folder / "gray.png")
+    sizes["gray.png"] = gray.shape
     wide = (rng.integers(0, 65536, (33, 140))).astype(np.uint16)
-    cv2.imwrite(str(folder / "gray16.png"), wide); sizes["gray16.png"] = wide.shape
-    Image.fromarray(gray).convert("P").save(folder / "palette.png"); sizes["palette.png"] = gray.shape
+    cv2.imwrite(str(folder / "gray16.png"), wide)
+    sizes["gray16.png"] = wide.shape
+    Image.fromarray(gray).convert("P").save(folder / "palette.png")
+    sizes["palette.png"] = gray.shape
     (folder / "sub").mkdir()
     rgb = rng.integers(0, 256, (97, 64, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(folder / "sub" / "rgb.png"); sizes["sub/rgb.png"] = rgb.shape[:2]
+    Image.fromarray(rgb).save(folder / "sub" / "rgb.png")
+    sizes["sub/rgb.png"] = rgb.shape[:2]
     rgba = rng.integers(0, 256, (20, 21, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(folder / "sub" / "rgba.png"); sizes["sub/rgba.png"] = rgba.shape[:2]
+    Image.fromarray(rgba, "RGBA").save(folder / "sub" / "rgba.png")
+    sizes["sub/rgba.png"] = rgba.shape[:2]
     return sizes
 
 
@@ -154,15 +165,28 @@ def test_predicting_a_folder_of_odd_sizes_and_png_modes(tmp_path, input_mode):
     checkpoint = _tiny_checkpoint(tmp_path / "model.pt", input_mode)
     images = folder_images(folder)
     assert sorted(name for name, _ in images) == sorted(sizes)
-    out = predict_images(images, [checkpoint], tmp_path / "maps", {"clahe": {"enabled": True}}, torch.device("cpu"),
-                         hflip=True, progress=False, scales=(0.75, 1.0))
+    out = predict_images(
+        images,
+        [checkpoint],
+        tmp_path / "maps",
+        {"clahe": {"enabled": True}},
+        torch.device("cpu"),
+        hflip=True,
+        progress=False,
+        scales=(0.75, 1.0),
+    )
     for name, shape in sizes.items():
         path = out / probmaps.map_filename(name)
         assert probmaps.image_name(path) == name
         assert probmaps.load(path).shape == (29,) + shape
-    pictures = write_overlays([(name, path, [out / probmaps.map_filename(name)]) for name, path in images],
-                              tmp_path / "overlays", progress=False)
-    assert sorted(p.name for p in pictures.glob("*.png")) == sorted(probmaps.map_filename(n)[:-4] + ".png" for n in sizes)
+    pictures = write_overlays(
+        [(name, path, [out / probmaps.map_filename(name)]) for name, path in images],
+        tmp_path / "overlays",
+        progress=False,
+    )
+    assert sorted(p.name for p in pictures.glob("*.png")) == sorted(
+        probmaps.map_filename(n)[:-4] + ".png" for n in sizes
+    )
     assert cv2.imread(str(pictures / "sub__rgb.png")).shape[0] == 97
 
 
@@ -173,16 +197,22 @@ def test_checkpoints_trained_on_different_inputs_are_averaged_model_by_model(tmp
     from handbone.model import load_checkpoint
     from handbone.predict import load_model_groups, mean_probabilities
 
-    paths = [_tiny_checkpoint(tmp_path / "a.pt", "patch", 64), _tiny_checkpoint(tmp_path / "b.pt", "resize", 96),
-             _tiny_checkpoint(tmp_path / "c.pt", "patch", 64)]
+    paths = [
+        _tiny_checkpoint(tmp_path / "a.pt", "patch", 64),
+        _tiny_checkpoint(tmp_path / "b.pt", "resize", 96),
+        _tiny_checkpoint(tmp_path / "c.pt", "patch", 64),
+    ]
     groups = load_model_groups(paths, torch.device("cpu"))
     assert sorted((len(models), size, mode) for models, size, mode in groups) == [(1, 96, "resize"), (2, 64, "patch")]
     image = _image(70, 90)
     each = []
     for path in paths:
         model, checkpoint = load_checkpoint(path, torch.device("cpu"))
-        each.append(predict_probabilities([model], image, checkpoint["input_size"], torch.device("cpu"),
-                                          mode=checkpoint["input_mode"]))
+        each.append(
+            predict_probabilities(
+                [model], image, checkpoint["input_size"], torch.device("cpu"), mode=checkpoint["input_mode"]
+            )
+        )
     result = mean_probabilities(groups, image, torch.device("cpu"), hflip=False)
     assert np.abs(result - np.mean(each, axis=0)).max() < 1e-5
 
@@ -192,17 +222,35 @@ def test_out_of_fold_images_are_the_folds_validation_images(tmp_path):
 
     from handbone.predict import validation_images
 
-    index = pd.DataFrame({
-        "split": ["train"] * 4 + ["test"], "person_id": ["1", "1", "2", "2", "3"],
-        "image_name": ["a.png", "b.png", "c.png", "d.png", "e.png"], "image_path": [f"{x}.png" for x in "abcde"],
-        "label_path": ["x"] * 4 + [""], "height": [8] * 5, "width": [8] * 5,
-    })
+    index = pd.DataFrame(
+        {
+            "split": ["train"] * 4 + ["test"],
+            "person_id": ["1", "1", "2", "2", "3"],
+            "image_name": ["a.png", "b.png", "c.png", "d.png", "e.png"],
+            "image_path": [f"{x}.png" for x in "abcde"],
+            "label_path": ["x"] * 4 + [""],
+            "height": [8] * 5,
+            "width": [8] * 5,
+        }
+    )
     index.to_csv(tmp_path / "index.csv", index=False)
-    folds = pd.DataFrame({"image_name": ["a.png", "b.png", "c.png", "d.png"], "person_id": ["1", "1", "2", "2"],
-                          "fold": [0, 0, 1, 1], "excluded": [False, True, False, False]})
+    folds = pd.DataFrame(
+        {
+            "image_name": ["a.png", "b.png", "c.png", "d.png"],
+            "person_id": ["1", "1", "2", "2"],
+            "fold": [0, 0, 1, 1],
+            "excluded": [False, True, False, False],
+        }
+    )
     folds.to_csv(tmp_path / "folds.csv", index=False)
-    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 0)] == ["a.png", "b.png"]
-    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 1)] == ["c.png", "d.png"]
+    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 0)] == [
+        "a.png",
+        "b.png",
+    ]
+    assert [name for name, _ in validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 1)] == [
+        "c.png",
+        "d.png",
+    ]
     with pytest.raises(ValueError, match="fold 2"):
         validation_images(tmp_path / "index.csv", tmp_path / "folds.csv", 2)
 
@@ -240,8 +288,17 @@ def test_real_radiographs_including_palette_files_are_read_and_predicted(tmp_pat
     assert Image.open(palette).mode == "P"
     luminance = np.asarray(Image.open(palette).convert("L"), dtype=int)
     assert np.abs(read_image(palette).astype(int) - luminance).max() <= 1
-    images = [("rsna_boneage/1578.png", palette), ("bone_age_examples/0.png", REAL_RADIOGRAPHS / "bone_age_examples" / "0.png")]
-    out = predict_images(images, [_tiny_checkpoint(tmp_path / "model.pt", "resize")], tmp_path / "maps", {},
-                         torch.device("cpu"), progress=False)
+    images = [
+        ("rsna_boneage/1578.png", palette),
+        ("bone_age_examples/0.png", REAL_RADIOGRAPHS / "bone_age_examples" / "0.png"),
+    ]
+    out = predict_images(
+        images,
+        [_tiny_checkpoint(tmp_path / "model.pt", "resize")],
+        tmp_path / "maps",
+        {},
+        torch.device("cpu"),
+        progress=False,
+    )
     assert probmaps.load(out / "rsna_boneage__1578.npz").shape == (29, 2080, 1600)
     assert probmaps.load(out / "bone_age_examples__0.npz").shape == (29, 910, 592)

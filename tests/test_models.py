@@ -10,14 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TIMM_ENCODER, TIMM_REPO, fill_hub_cache, recognisable_weights
 
+from conftest import TIMM_ENCODER, TIMM_REPO, fill_hub_cache, recognisable_weights
 from handbone.model import build_model, build_nnunet, check_model, load_checkpoint, save_checkpoint
 from handbone.train import deep_supervision_loss, make_loss
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAINED = {"arch": "Unet", "encoder": f"tu-{TIMM_ENCODER}", "encoder_weights": True,
-              "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
+PRETRAINED = {
+    "arch": "Unet",
+    "encoder": f"tu-{TIMM_ENCODER}",
+    "encoder_weights": True,
+    "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+}
 SMP_PRETRAINED = {"arch": "Unet", "encoder": "mobilenet_v2", "encoder_weights": "imagenet"}
 TINY_NNUNET = {"arch": "nnUNet", "kwargs": {"base_features": 8, "max_features": 32, "deep_supervision": 1}}
 
@@ -42,8 +46,12 @@ def run_isolated(body: str, *arguments) -> dict:
     """The body's ``result`` with the connection attempts, and its log (stderr)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
     environment["PYTHONPATH"] = str(REPO / "workflow")
-    completed = subprocess.run([sys.executable, "-c", ISOLATED.format(body=body), *map(str, arguments)],
-                               capture_output=True, text=True, env=environment)
+    completed = subprocess.run(
+        [sys.executable, "-c", ISOLATED.format(body=body), *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {**json.loads(completed.stdout.strip().splitlines()[-1]), "log": completed.stderr}
 
@@ -77,8 +85,12 @@ def test_pretrained_smp_encoder_loads_offline_from_its_pinned_revision(tmp_path)
 
     settings = smp.encoders.encoders["mobilenet_v2"]["pretrained_settings"]["imagenet"]
     weights = recognisable_weights(smp.encoders.get_encoder("mobilenet_v2").state_dict())
-    snapshot = fill_hub_cache(tmp_path, settings["repo_id"], {"config.json": {"mean": [0.5] * 3, "std": [0.5] * 3},
-                                                             "model.safetensors": weights}, revision=settings["revision"])
+    snapshot = fill_hub_cache(
+        tmp_path,
+        settings["repo_id"],
+        {"config.json": {"mean": [0.5] * 3, "std": [0.5] * 3}, "model.safetensors": weights},
+        revision=settings["revision"],
+    )
     result = run_isolated(LOAD_AND_COMPARE, tmp_path, json.dumps(SMP_PRETRAINED), snapshot / "model.safetensors", "smp")
     assert result["compared"] == result["parameters"] == len(weights)
     assert result["different"] == [] and result["attempts"] == 0
@@ -100,11 +112,18 @@ def test_check_models_reads_only_the_cache_and_names_every_missing_model(pretrai
     assert (passed["attempts"], passed["code"]) == (0, 0)
     assert set(json.loads((tmp_path / "checked.json").read_text())["parameters"]) == {"pretrained", "nnunet"}
 
-    models = json.dumps({"pretrained": PRETRAINED, "smp": SMP_PRETRAINED, "scratch": {**PRETRAINED, "encoder_weights": None}})
+    models = json.dumps(
+        {"pretrained": PRETRAINED, "smp": SMP_PRETRAINED, "scratch": {**PRETRAINED, "encoder_weights": None}}
+    )
     failed = run_isolated(CHECK_MODELS, tmp_path / "empty", "check-models", models, "{}", tmp_path / "again.json")
     message = failed["log"]
     assert (failed["attempts"], failed["code"]) == (0, 1)
-    assert "models.pretrained" in message and TIMM_REPO in message and "models.smp" in message and "smp-hub/mobilenet_v2" in message
+    assert (
+        "models.pretrained" in message
+        and TIMM_REPO in message
+        and "models.smp" in message
+        and "smp-hub/mobilenet_v2" in message
+    )
     assert "models.scratch" not in message and "handbone fetch-weights --configfile" in message
     assert not (tmp_path / "again.json").exists()
 
@@ -157,21 +176,27 @@ def test_deep_supervision_heads_are_added_with_halving_weights():
     assert torch.allclose(deep_supervision_loss(loss, heads[:, :1], target), loss(heads[:, 0], target))
 
 
-@pytest.mark.parametrize("spec", [
-    {"arch": "UPerNet", "encoder": "tu-swin_tiny_patch4_window7_224"},  # Swin-UPerNet, built for the input size
-    {"arch": "Segformer", "encoder": "mit_b0"},
-    {"arch": "UnetPlusPlus", "encoder": "tu-efficientnet_b0"},
-    {"arch": "Unet", "encoder": "tu-hrnet_w18_small"},
-    {"arch": "DeepLabV3Plus", "encoder": "resnet18"},
-    TINY_NNUNET,
-], ids=lambda spec: f"{spec['arch']}-{spec.get('encoder', '')}")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"arch": "UPerNet", "encoder": "tu-swin_tiny_patch4_window7_224"},  # Swin-UPerNet, built for the input size
+        {"arch": "Segformer", "encoder": "mit_b0"},
+        {"arch": "UnetPlusPlus", "encoder": "tu-efficientnet_b0"},
+        {"arch": "Unet", "encoder": "tu-hrnet_w18_small"},
+        {"arch": "DeepLabV3Plus", "encoder": "resnet18"},
+        TINY_NNUNET,
+    ],
+    ids=lambda spec: f"{spec['arch']}-{spec.get('encoder', '')}",
+)
 def test_the_winners_architectures_pass_the_check_and_train_one_step(spec):
     assert check_model(spec, 64, [64], batch_size=2) > 0
     torch.manual_seed(0)
     model = build_model(spec, 64).train()
     before = [parameter.detach().clone() for parameter in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss = make_loss({"dice": 1.0, "bce": 1.0})(model(torch.randn(2, 3, 64, 64)), (torch.rand(2, 29, 64, 64) > 0.5).float())
+    loss = make_loss({"dice": 1.0, "bce": 1.0})(
+        model(torch.randn(2, 3, 64, 64)), (torch.rand(2, 29, 64, 64) > 0.5).float()
+    )
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
@@ -197,8 +222,15 @@ def test_combinations_that_cannot_work_are_refused_with_the_reason():
 def test_fixed_size_and_nnunet_checkpoints_predict_any_image(tmp_path):
     from handbone.inference import predict_probabilities
 
-    for name, spec in {"swin": {"arch": "UPerNet", "encoder": "tu-swin_tiny_patch4_window7_224"}, "nnunet": TINY_NNUNET}.items():
-        save_checkpoint(tmp_path / f"{name}.pt", build_model(spec, 64), {"model": spec, "input_size": 64, "input_mode": "patch"})
+    for name, spec in {
+        "swin": {"arch": "UPerNet", "encoder": "tu-swin_tiny_patch4_window7_224"},
+        "nnunet": TINY_NNUNET,
+    }.items():
+        save_checkpoint(
+            tmp_path / f"{name}.pt", build_model(spec, 64), {"model": spec, "input_size": 64, "input_mode": "patch"}
+        )
         model, checkpoint = load_checkpoint(tmp_path / f"{name}.pt", torch.device("cpu"))
         image = np.random.default_rng(0).integers(0, 256, (100, 90), dtype=np.uint8)
-        assert predict_probabilities([model], image, checkpoint["input_size"], torch.device("cpu"), mode="patch").shape == (29, 100, 90)
+        assert predict_probabilities(
+            [model], image, checkpoint["input_size"], torch.device("cpu"), mode="patch"
+        ).shape == (29, 100, 90)

@@ -64,7 +64,12 @@ def test_object_annotated_on_a_bone_is_an_extra_object(clean_hands, stats):
     truth = clean_hands[0][1]
     bone = np.asarray(_by_label(truth, "finger-14")["points"], float)
     centre = bone.mean(axis=0)
-    ring = [[centre[0] - 8, centre[1] - 2], [centre[0] + 8, centre[1] - 2], [centre[0] + 8, centre[1] + 2], [centre[0] - 8, centre[1] + 2]]
+    ring = [
+        [centre[0] - 8, centre[1] - 2],
+        [centre[0] + 8, centre[1] - 2],
+        [centre[0] + 8, centre[1] + 2],
+        [centre[0] - 8, centre[1] + 2],
+    ]
     reasons, _ = _reasons(truth + [{"label": "finger-14", "points": ring}], stats)
     assert "extra_object" in reasons and "class_duplicated" not in reasons
 
@@ -123,7 +128,9 @@ def test_exclusion_rules_and_manual_lists():
 def test_label_frame_side_rotation_and_mirroring():
     # A hand-made right hand, fingers straight up, then turned 30 degrees.
     centroids = {name: np.array([0.0, -0.1]) for name in CLASSES[19:27]}
-    centroids.update({"finger-7": np.array([-0.05, -1.0]), "finger-11": np.array([0.0, -1.0]), "finger-15": np.array([0.05, -1.0])})
+    centroids.update(
+        {"finger-7": np.array([-0.05, -1.0]), "finger-11": np.array([0.0, -1.0]), "finger-15": np.array([0.05, -1.0])}
+    )
     centroids.update({f"finger-{k}": np.array([-0.4, -0.6]) for k in (1, 2, 3)})
     centroids.update({f"finger-{k}": np.array([0.3, -1.2]) for k in (16, 17, 18, 19)})
     centroids.update({"Radius": np.array([-0.05, 0.5]), "Ulna": np.array([0.08, 0.5])})

@@ -1,6 +1,6 @@
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from handbone.masks import pack_mask, unpack_mask
 from handbone.splits import make_folds
@@ -37,18 +37,44 @@ def test_split_command_marks_excluded_images(tmp_path):
             "split": ["train"] * 8,
             "person_id": [f"ID{i // 2:03d}" for i in range(8)],
             "image_name": [f"{i}.png" for i in range(8)],
-            "image_path": "", "label_path": "", "height": 4, "width": 4,
+            "image_path": "",
+            "label_path": "",
+            "height": 4,
+            "width": 4,
         }
     ).to_csv(index, index=False)
     outliers = tmp_path / "outliers.csv"
     pd.DataFrame(
-        {"image_name": ["1.png", "2.png", "3.png"], "reason": ["label_swap", "bent_wrist", "area_outlier"],
-         "score": [3.0, 20.0, 5.0], "detail": ["Radius<->Ulna", "", ""]}
+        {
+            "image_name": ["1.png", "2.png", "3.png"],
+            "reason": ["label_swap", "bent_wrist", "area_outlier"],
+            "score": [3.0, 20.0, 5.0],
+            "detail": ["Radius<->Ulna", "", ""],
+        }
     ).to_csv(outliers, index=False)
     folds_path, excluded_path = tmp_path / "folds.csv", tmp_path / "excluded.csv"
-    code = main(["-q", "split", "--index", str(index), "--folds", "2", "--outliers", str(outliers),
-                 "--exclude-reasons", '["label_swap", "area_outlier"]', "--include", '["3.png"]',
-                 "--exclude", '["7.png"]', "--out", str(folds_path), "--excluded-out", str(excluded_path)])
+    code = main(
+        [
+            "-q",
+            "split",
+            "--index",
+            str(index),
+            "--folds",
+            "2",
+            "--outliers",
+            str(outliers),
+            "--exclude-reasons",
+            '["label_swap", "area_outlier"]',
+            "--include",
+            '["3.png"]',
+            "--exclude",
+            '["7.png"]',
+            "--out",
+            str(folds_path),
+            "--excluded-out",
+            str(excluded_path),
+        ]
+    )
     assert code == 0
     folds = pd.read_csv(folds_path, keep_default_na=False)
     assert dict(zip(folds["image_name"], folds["excluded"])) == {f"{i}.png": i in (1, 7) for i in range(8)}
@@ -56,12 +82,14 @@ def test_split_command_marks_excluded_images(tmp_path):
 
 
 def test_cached_sample_equals_png_and_json(tmp_path):
-    from handbone.data import index_data_root, mask_for_row, read_image
     from handbone.cache import CacheEntry, build_cache
+    from handbone.data import index_data_root, mask_for_row, read_image
     from handbone.preprocess import preprocess
     from handbone.synthetic import SyntheticConfig, generate
 
-    root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=96, seed=4), progress=False)
+    root = generate(
+        tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=96, seed=4), progress=False
+    )
     index = index_data_root(root / "data")
     index.to_csv(tmp_path / "index.csv", index=False)
     options = {"clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4}}
@@ -76,11 +104,13 @@ def test_cached_sample_equals_png_and_json(tmp_path):
 
 
 def test_a_damaged_cache_entry_is_rebuilt_instead_of_trained_on(tmp_path, caplog):
-    from handbone.data import index_data_root
     from handbone.cache import CacheEntry, build_cache, verify_cache
+    from handbone.data import index_data_root
     from handbone.synthetic import SyntheticConfig, generate
 
-    root = generate(tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=64, seed=4), progress=False)
+    root = generate(
+        tmp_path / "set", SyntheticConfig(train_people=2, test_people=1, image_size=64, seed=4), progress=False
+    )
     index_data_root(root / "data").to_csv(tmp_path / "index.csv", index=False)
     cache = build_cache(tmp_path / "index.csv", tmp_path / "cache", {"clahe": {"enabled": True}}, progress=False)
     stems = list(pd.read_csv(cache / "cache.csv")["stem"])

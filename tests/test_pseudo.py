@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
+
 from handbone import pseudo
 from handbone.cache import CacheEntry, file_crc
 from handbone.masks import IGNORE, pack_mask, unpack_mask_batch
 from handbone.train import fold_images, make_loss, train_fold
-from PIL import Image
 
 
 def test_class_confidence_is_the_dice_a_map_expects_of_its_own_mask():
@@ -67,22 +68,32 @@ def test_ignored_pixels_count_in_no_loss():
 
 
 def _folds():
-    return pd.DataFrame({
-        "image_name": [f"{person}_{hand}.png" for person in ("A", "B", "C", "D") for hand in ("L", "R")],
-        "person_id": [person for person in ("A", "B", "C", "D") for _ in range(2)],
-        "fold": [0, 0, 0, 0, 1, 1, 1, 1],
-        "excluded": [False] * 7 + [True],
-    })
+    return pd.DataFrame(
+        {
+            "image_name": [f"{person}_{hand}.png" for person in ("A", "B", "C", "D") for hand in ("L", "R")],
+            "person_id": [person for person in ("A", "B", "C", "D") for _ in range(2)],
+            "fold": [0, 0, 0, 0, 1, 1, 1, 1],
+            "excluded": [False] * 7 + [True],
+        }
+    )
 
 
 def test_no_person_in_both_parts_of_a_fold_with_pseudo_labels():
     folds = _folds()
     # Test people T and U; A is also a test person (same person, later visit).
-    labels = pd.DataFrame({"stem": ["T_L", "T_R", "U_L", "A_late"], "person_id": ["T", "T", "U", "A"],
-                           "image_name": ["T_L.png", "T_R.png", "U_L.png", "A_late.png"]})
+    labels = pd.DataFrame(
+        {
+            "stem": ["T_L", "T_R", "U_L", "A_late"],
+            "person_id": ["T", "T", "U", "A"],
+            "image_name": ["T_L.png", "T_R.png", "U_L.png", "A_late.png"],
+        }
+    )
     for fold in (0, 1):
         train, validation, pseudo_stems = fold_images(folds, fold, labels)
-        person = {**dict(zip(folds["image_name"].str[:-4], folds["person_id"])), **dict(zip(labels["stem"], labels["person_id"]))}
+        person = {
+            **dict(zip(folds["image_name"].str[:-4], folds["person_id"])),
+            **dict(zip(labels["stem"], labels["person_id"])),
+        }
         training_people = {person[stem] for stem in train + pseudo_stems}
         validation_people = {person[stem] for stem in validation}
         assert not training_people & validation_people
@@ -102,8 +113,17 @@ def test_images(tmp_path):
     for number, person in enumerate(["T1", "T1", "T2"]):
         path = tmp_path / f"test{number}.png"
         Image.fromarray(np.full((16, 20), 40 * number, np.uint8)).save(path)
-        rows.append({"split": "test", "person_id": person, "image_name": path.name, "image_path": str(path),
-                     "label_path": "", "height": 16, "width": 20})
+        rows.append(
+            {
+                "split": "test",
+                "person_id": person,
+                "image_name": path.name,
+                "image_path": str(path),
+                "label_path": "",
+                "height": 16,
+                "width": 20,
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "index.csv", index=False)
     maps = {}
     for number, fringe in enumerate([1.0, 0.6, 0.55]):
@@ -121,8 +141,17 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
     expected = [pseudo.class_confidence(maps[value]).mean() for value in (0, 40, 80)]
     assert expected[0] > expected[1] > expected[2]
     threshold = (expected[1] + expected[2]) / 2
-    table = pseudo.write_pseudo_labels(folder / "index.csv", ["unused.pt"], folder / "labels", {"clahe": {"enabled": False}},
-                                       torch.device("cpu"), threshold, 0.9, ignore_uncertain=True, progress=False)
+    table = pseudo.write_pseudo_labels(
+        folder / "index.csv",
+        ["unused.pt"],
+        folder / "labels",
+        {"clahe": {"enabled": False}},
+        torch.device("cpu"),
+        threshold,
+        0.9,
+        ignore_uncertain=True,
+        progress=False,
+    )
     assert table["kept"].tolist() == [True, True, False]
     assert np.allclose(table["confidence"], expected, atol=1e-6)
     written = pd.read_csv(folder / "labels" / "cache.csv")
@@ -135,8 +164,17 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
     ignored = np.unpackbits(packed[..., 4:], axis=-1, count=29, bitorder="little")
     assert np.array_equal(np.moveaxis(ignored, -1, 0).astype(bool), (maps[40] > 0.1) & (maps[40] < 0.9))
     # Without ignoring, the labels are plain 4-byte masks.
-    pseudo.write_pseudo_labels(folder / "index.csv", ["unused.pt"], folder / "plain", {"clahe": {"enabled": False}},
-                               torch.device("cpu"), threshold, 0.9, ignore_uncertain=False, progress=False)
+    pseudo.write_pseudo_labels(
+        folder / "index.csv",
+        ["unused.pt"],
+        folder / "plain",
+        {"clahe": {"enabled": False}},
+        torch.device("cpu"),
+        threshold,
+        0.9,
+        ignore_uncertain=False,
+        progress=False,
+    )
     assert np.load(folder / "plain" / "test1.mask.npy").shape == (16, 20, 4)
 
 
@@ -144,19 +182,30 @@ def test_a_fold_without_a_confident_test_image_says_so(test_images, monkeypatch,
     folder, maps = test_images
     monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
     monkeypatch.setattr(pseudo, "mean_probabilities", lambda groups, image, device, **options: maps[40])
-    table = pseudo.write_pseudo_labels(folder / "index.csv", ["unused.pt"], folder / "none", {"clahe": {"enabled": False}},
-                                       torch.device("cpu"), 0.99, 0.9, ignore_uncertain=True, progress=False)
+    table = pseudo.write_pseudo_labels(
+        folder / "index.csv",
+        ["unused.pt"],
+        folder / "none",
+        {"clahe": {"enabled": False}},
+        torch.device("cpu"),
+        0.99,
+        0.9,
+        ignore_uncertain=True,
+        progress=False,
+    )
     assert not table["kept"].any() and pd.read_csv(folder / "none" / "cache.csv").empty
     assert "no test image reached confidence 0.990" in caplog.text
 
 
 def test_training_adds_the_pseudo_labels_of_other_people_only(tmp_path):
-    from handbone.data import index_data_root
     from handbone.cache import build_cache
+    from handbone.data import index_data_root
     from handbone.splits import make_folds
     from handbone.synthetic import SyntheticConfig, generate
 
-    root = generate(tmp_path / "set", SyntheticConfig(train_people=4, test_people=1, image_size=64, seed=4), progress=False)
+    root = generate(
+        tmp_path / "set", SyntheticConfig(train_people=4, test_people=1, image_size=64, seed=4), progress=False
+    )
     index = index_data_root(root / "data")
     index.to_csv(tmp_path / "index.csv", index=False)
     build_cache(tmp_path / "index.csv", tmp_path / "cache", {}, progress=False)
@@ -177,16 +226,38 @@ def test_training_adds_the_pseudo_labels_of_other_people_only(tmp_path):
         np.save(labels / f"{stem}.image.npy", np.full((64, 64), 100, np.uint8))
         np.save(labels / f"{stem}.mask.npy", pseudo.pack_pseudo_mask(mask, uncertain))
         person = folds.loc[folds["fold"] == 0, "person_id"].iloc[0] if number == 0 else row["person_id"]
-        rows.append({"image_name": row["image_name"], "stem": stem, "person_id": person, "height": 64, "width": 64,
-                     "image_path": row["image_path"], "label_path": "",
-                     "image_crc": file_crc(labels / f"{stem}.image.npy"),
-                     "mask_crc": file_crc(labels / f"{stem}.mask.npy")})
+        rows.append(
+            {
+                "image_name": row["image_name"],
+                "stem": stem,
+                "person_id": person,
+                "height": 64,
+                "width": 64,
+                "image_path": row["image_path"],
+                "label_path": "",
+                "image_crc": file_crc(labels / f"{stem}.image.npy"),
+                "mask_crc": file_crc(labels / f"{stem}.mask.npy"),
+            }
+        )
     pd.DataFrame(rows).to_csv(labels / "cache.csv", index=False)
-    spec = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None,
-            "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
+    spec = {
+        "arch": "Unet",
+        "encoder": "tu-mobilenetv3_small_050",
+        "encoder_weights": None,
+        "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+    }
     options = {"input_size": 64, "epochs": 1, "batch_size": 2, "val_every": 1, "warmup_epochs": 0}
-    metrics = train_fold(tmp_path / "cache", tmp_path / "folds.csv", 0, spec, options, tmp_path / "fold0",
-                         torch.device("cpu"), progress=False, pseudo_dir=labels)
+    metrics = train_fold(
+        tmp_path / "cache",
+        tmp_path / "folds.csv",
+        0,
+        spec,
+        options,
+        tmp_path / "fold0",
+        torch.device("cpu"),
+        progress=False,
+        pseudo_dir=labels,
+    )
     assert metrics["pseudo_labelled_images"] == len(test) - 1  # the validation person's image is left out
     assert metrics["train_images"] == int((folds["fold"] == 1).sum())
     assert metrics["val_images"] == int((folds["fold"] == 0).sum())
@@ -195,5 +266,14 @@ def test_training_adds_the_pseudo_labels_of_other_people_only(tmp_path):
         handle.seek(-1, 2)
         handle.write(b"\xff")
     with pytest.raises(ValueError, match="rerun the rule"):
-        train_fold(tmp_path / "cache", tmp_path / "folds.csv", 0, spec, options, tmp_path / "again",
-                   torch.device("cpu"), progress=False, pseudo_dir=labels)
+        train_fold(
+            tmp_path / "cache",
+            tmp_path / "folds.csv",
+            0,
+            spec,
+            options,
+            tmp_path / "again",
+            torch.device("cpu"),
+            progress=False,
+            pseudo_dir=labels,
+        )

@@ -42,8 +42,14 @@ def test_encode_accepts_bool_and_nonzero_values():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("1 2 3", "odd number"), ("a 2", "not an integer"), ("0 2", "start below 1"), ("1 0", "length below 1"),
-     ("5 3 6 1", "overlap"), ("19 3", "past the image")],
+    [
+        ("1 2 3", "odd number"),
+        ("a 2", "not an integer"),
+        ("0 2", "start below 1"),
+        ("1 0", "length below 1"),
+        ("5 3 6 1", "overlap"),
+        ("19 3", "past the image"),
+    ],
 )
 def test_parse_rejects_malformed(text, message):
     with pytest.raises(ValueError, match=message):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import TINY_CONFIG, copy_repository, planned_jobs, snakemake
+from conftest import TINY_CONFIG, copy_repository, planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -57,16 +57,29 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
     def run(*arguments):
-        result = subprocess.run([sys.executable, "-m", "snakemake", *arguments], cwd=repository,
-                                capture_output=True, text=True, env=environment)
+        result = subprocess.run(
+            [sys.executable, "-m", "snakemake", *arguments],
+            cwd=repository,
+            capture_output=True,
+            text=True,
+            env=environment,
+        )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         return result.stdout + result.stderr
 
     plan = planned_jobs(run("-n", "--cores", "2"))
     profile = _small_profile(tmp_path / "profile")
     started = time.perf_counter()
-    run("--profile", str(profile), "--workflow-profile", "none",
-        "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5")
+    run(
+        "--profile",
+        str(profile),
+        "--workflow-profile",
+        "none",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--seconds-between-status-checks",
+        "5",
+    )
     print(f"tiny workflow on SLURM: {time.perf_counter() - started:.0f} s")
     remote_submission = (repository / "results" / "submission.csv").read_bytes()
     local = tmp_path / "local"
@@ -80,7 +93,9 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
     # side), each COMPLETED; GPUs requested by the GPU rules only.
     accounting = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-S", "now-3hours", "-o", "JobID,State,AllocTRES,Comment,WorkDir"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = [line.split("|") for line in accounting.splitlines() if line.endswith(str(repository))]
     rules = Counter(re.match(r"rule_(.+?)(?:_wildcards_.*)?$", row[3]).group(1) for row in rows)

@@ -1,13 +1,12 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from handbone import probmaps
 from handbone.classes import CLASSES
-from handbone.ensemble import ensemble_maps, write_submission
+from handbone.ensemble import ensemble_maps
 from handbone.postprocess import PostprocessParams
-from handbone.submission import SubmissionError, validate
-
-import pandas as pd
+from handbone.submission import SubmissionError, validate, write_submission
 
 
 def _write(path, rows):
@@ -62,8 +61,19 @@ def test_ensemble_mean_then_submission_threshold(tmp_path):
     ensemble_maps([tmp_path / "m1", tmp_path / "m2"], tmp_path / "ens", progress=False)
     assert probmaps.load(tmp_path / "ens" / "img.npz")[1, 1, 1] == pytest.approx(0.4, abs=0.003)
     index = tmp_path / "index.csv"
-    pd.DataFrame([{"split": "test", "person_id": "ID1", "image_name": "img.png", "image_path": "x", "label_path": "",
-                   "height": 3, "width": 4}]).to_csv(index, index=False)
+    pd.DataFrame(
+        [
+            {
+                "split": "test",
+                "person_id": "ID1",
+                "image_name": "img.png",
+                "image_path": "x",
+                "label_path": "",
+                "height": 3,
+                "width": 4,
+            }
+        ]
+    ).to_csv(index, index=False)
     out = write_submission(tmp_path / "ens", index, tmp_path / "sub.csv", PostprocessParams.plain(0.5), progress=False)
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table["class"]) == CLASSES

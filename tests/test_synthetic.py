@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from handbone.classes import CLASSES, CLASS_TO_INDEX
+from handbone.classes import CLASS_TO_INDEX, CLASSES
 from handbone.data import index_data_root, mask_for_row, read_image
 from handbone.synthetic import SyntheticConfig, generate
 
@@ -60,7 +60,7 @@ def test_anatomy_29_bones_in_place_with_overlaps(demo):
         assert centre_y["finger-11"] < centre_y["Capitate"] < centre_y["Radius"]
 
         def pair_iou(a, b):
-            first, second = mask[CLASS_TO_INDEX[a]], mask[CLASS_TO_INDEX[b]]
+            first, second = mask[CLASS_TO_INDEX[a]], mask[CLASS_TO_INDEX[b]]  # noqa: B023 (used in this iteration)
             return (first & second).sum() / (first | second).sum()
 
         iou["tri_pis"].append(pair_iou("Triquetrum", "Pisiform"))
@@ -88,7 +88,10 @@ def test_left_hand_mirrors_right(demo):
     thumb_x = []
     for _, row in person.iterrows():
         mask = mask_for_row(row)
-        thumb_x.append(np.nonzero(mask[CLASS_TO_INDEX["finger-3"]])[1].mean() - np.nonzero(mask[CLASS_TO_INDEX["finger-19"]])[1].mean())
+        thumb_x.append(
+            np.nonzero(mask[CLASS_TO_INDEX["finger-3"]])[1].mean()
+            - np.nonzero(mask[CLASS_TO_INDEX["finger-19"]])[1].mean()
+        )
     assert thumb_x[0] * thumb_x[1] < 0, "the thumb is on opposite sides in the two hands"
 
 
@@ -108,6 +111,8 @@ def test_faults_are_injected_and_listed(tmp_path):
 
 
 def test_2048_image_size_works(tmp_path):
-    out = generate(tmp_path / "big", SyntheticConfig(train_people=1, test_people=1, image_size=2048, seed=1), progress=False)
+    out = generate(
+        tmp_path / "big", SyntheticConfig(train_people=1, test_people=1, image_size=2048, seed=1), progress=False
+    )
     index = index_data_root(out / "data")
     assert set(index["height"]) == {2048} and set(index["width"]) == {2048}

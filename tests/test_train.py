@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from handbone.cache import build_cache
 from handbone.data import index_data_root
 from handbone.model import build_model
-from handbone.cache import build_cache
 from handbone.splits import make_folds
 from handbone.synthetic import SyntheticConfig, generate
 
@@ -21,7 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "arch, encoder",
-    [("Unet", "tu-hrnet_w18_small"), ("UnetPlusPlus", "resnet18"), ("DeepLabV3Plus", "resnet18"), ("Segformer", "mit_b0")],
+    [
+        ("Unet", "tu-hrnet_w18_small"),
+        ("UnetPlusPlus", "resnet18"),
+        ("DeepLabV3Plus", "resnet18"),
+        ("Segformer", "mit_b0"),
+    ],
 )
 def test_model_zoo_builds_offline_with_29_outputs(arch, encoder):
     model = build_model({"arch": arch, "encoder": encoder, "encoder_weights": None})
@@ -54,7 +59,9 @@ def test_unknown_model_fails_with_its_name():
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
-    root = generate(folder / "set", SyntheticConfig(train_people=4, test_people=1, image_size=96, seed=2), progress=False)
+    root = generate(
+        folder / "set", SyntheticConfig(train_people=4, test_people=1, image_size=96, seed=2), progress=False
+    )
     index = index_data_root(root / "data")
     index.to_csv(folder / "index.csv", index=False)
     build_cache(folder / "index.csv", folder / "cache", {}, progress=False)
@@ -67,9 +74,27 @@ OPTIONS = '{"input_mode": "patch", "input_size": 64, "epochs": 6, "batch_size": 
 
 
 def _train(folder, out, wait=True):
-    command = [sys.executable, "-m", "handbone", "-q", "train", "--cache", str(folder / "cache"), "--folds",
-               str(folder / "folds.csv"), "--fold", "0", "--model-spec", SPEC, "--options", OPTIONS,
-               "--out-dir", str(out), "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "handbone",
+        "-q",
+        "train",
+        "--cache",
+        str(folder / "cache"),
+        "--folds",
+        str(folder / "folds.csv"),
+        "--fold",
+        "0",
+        "--model-spec",
+        SPEC,
+        "--options",
+        OPTIONS,
+        "--out-dir",
+        str(out),
+        "--threads",
+        "1",
+    ]
     environment = {**os.environ, "HANDBONE_GPUS": "0"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     if wait:
@@ -113,9 +138,13 @@ def test_augmenting_the_packed_mask_equals_augmenting_29_channels():
     mask = (rng.random((29, 80, 96)) > 0.5).astype(np.uint8)
     options = {"hflip": 1.0, "affine": 1.0, "scale": 0.2, "shift": 0.1, "rotate": 30, "brightness_contrast": 0.0}
     for mode in ("resize", "patch"):
-        _, packed = augment_sample(image, pack_mask(mask), augmentations(64, mode, options, seed=3), 96 if mode == "patch" else None)
-        reference = augmentations(64, mode, options, seed=3)(image=np.pad(image, ((0, 16), (0, 0))) if mode == "patch" else image,
-                                                            mask=np.moveaxis(np.pad(mask, ((0, 0), (0, 16), (0, 0))) if mode == "patch" else mask, 0, -1))
+        _, packed = augment_sample(
+            image, pack_mask(mask), augmentations(64, mode, options, seed=3), 96 if mode == "patch" else None
+        )
+        reference = augmentations(64, mode, options, seed=3)(
+            image=np.pad(image, ((0, 16), (0, 0))) if mode == "patch" else image,
+            mask=np.moveaxis(np.pad(mask, ((0, 0), (0, 16), (0, 0))) if mode == "patch" else mask, 0, -1),
+        )
         unpacked = unpack_mask_batch(packed[None])[0].numpy()
         assert unpacked.shape == (29,) + reference["mask"].shape[:2]
         assert np.array_equal(unpacked, np.moveaxis(reference["mask"], -1, 0))
@@ -130,3 +159,87 @@ def test_local_encoder_weights_are_loaded(tmp_path):
         assert torch.equal(tensor, loaded.encoder.state_dict()[name]), name
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_model({**spec, "encoder_weights": str(tmp_path / "missing.pt")})
+
+
+def _schedule_lrs(lr, warmup, steps, resume_at=None):
+    """Learning rate before each optimiser step and after the last one;
+    ``resume_at``: the scheduler is rebuilt there from a saved state, as a
+    resumed run does it from last.pt."""
+    import io
+
+    from handbone.train import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make_scheduler(optimizer, warmup, steps)
+    lrs = [scheduler.get_last_lr()[0]]
+    for step in range(1, steps + 1):
+        optimizer.step()
+        scheduler.step()
+        if step == resume_at:
+            saved = io.BytesIO()
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, saved)
+            saved.seek(0)
+            state = torch.load(saved, weights_only=True)
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+            scheduler = make_scheduler(optimizer, warmup, steps)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        lrs.append(scheduler.get_last_lr()[0])
+        assert lrs[-1] == optimizer.param_groups[0]["lr"]
+    return lrs
+
+
+@pytest.mark.parametrize(
+    "warmup_epochs, updates_per_epoch, epochs",
+    [(0, 1, 3), (0, 4, 3), (1, 1, 3), (1, 2, 3), (2, 1, 4), (2, 3, 6), (3, 2, 3), (4, 1, 3)],
+)
+def test_schedule_is_linear_warm_up_then_half_cosine(warmup_epochs, updates_per_epoch, epochs):
+    import math
+
+    lr, warmup, steps = 0.005, warmup_epochs * updates_per_epoch, epochs * updates_per_epoch
+
+    def formula(step):  # the factor of the LambdaLR schedule this replaced
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    lrs = _schedule_lrs(lr, warmup, steps)
+    assert len(lrs) == steps + 1
+    for step, value in enumerate(lrs):
+        assert math.isclose(value, lr * formula(step), rel_tol=1e-12, abs_tol=1e-18), (step, value, lr * formula(step))
+    assert lrs[0] == pytest.approx(lr / warmup if warmup else lr, rel=1e-12)  # first step
+    if 0 < warmup <= steps:
+        assert lrs[warmup - 1] == pytest.approx(lr, rel=1e-12)  # the last warm-up step reaches lr
+        assert lrs[warmup] == pytest.approx(lr, rel=1e-12)  # and the cosine starts there
+    elif warmup > steps:
+        assert lrs[steps] == pytest.approx(lr * (steps + 1) / warmup, rel=1e-12)  # still warming up at the end
+    if warmup < steps:
+        if (steps - warmup) % 2 == 0:
+            assert lrs[warmup + (steps - warmup) // 2] == pytest.approx(lr / 2, rel=1e-12)  # middle of the cosine
+        assert lrs[steps - 1] == pytest.approx(
+            lr * 0.5 * (1 + math.cos(math.pi * (steps - warmup - 1) / (steps - warmup)))
+        )
+        assert lrs[steps] == 0.0  # after the last step
+    elif warmup == steps:
+        assert lrs[steps] == pytest.approx(lr, rel=1e-12)  # warm-up takes the whole run: the cosine never starts
+
+
+@pytest.mark.parametrize("warmup, steps, resume_at", [(4, 12, 2), (4, 12, 4), (4, 12, 7), (0, 6, 3), (1, 5, 1)])
+def test_schedule_state_resumes_exactly(warmup, steps, resume_at):
+    assert _schedule_lrs(0.005, warmup, steps, resume_at) == _schedule_lrs(0.005, warmup, steps)
+
+
+def test_last_pt_of_the_old_lambda_schedule_is_not_resumed(tmp_path):
+    from types import SimpleNamespace
+
+    from handbone.train import Trainer
+
+    trainer = SimpleNamespace(fingerprint="same", best_path=tmp_path / ".best.pt")
+    new = {"fingerprint": "same", "scheduler": {"_schedulers": [{}], "last_epoch": 3}, "state": {"best_epoch": -1}}
+    old = {**new, "scheduler": {"base_lrs": [0.005], "last_epoch": 3, "lr_lambdas": [None]}}
+    assert Trainer.resumable(trainer, new)
+    assert not Trainer.resumable(trainer, old)
+    assert not Trainer.resumable(trainer, {**new, "fingerprint": "other"})
+    assert not Trainer.resumable(
+        trainer, {**new, "state": {"best_epoch": 2}}
+    )  # validated, but its best weights are gone

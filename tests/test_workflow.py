@@ -14,56 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import TINY_CONFIG, planned_jobs, snakemake
 from handbone.submission import validate
 
 REPO = Path(__file__).resolve().parents[1]
-# The repository's config.yaml with a tiny data set and model. Snakemake
-# merges --configfile into config.yaml key by key, which would keep the
-# default model; --replace-workflow-config makes this the whole config.
-TINY_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
-TINY_CONFIG["synthetic"].update(train_people=4, test_people=1, image_size=128, seed=5)
-TINY_CONFIG["cv"]["folds"] = 2
-TINY_CONFIG["train"].update(input_size=64, epochs=1, batch_size=2, val_every=1, warmup_epochs=0)
-TINY_CONFIG["models"] = {
-    "tiny": {
-        "arch": "Unet",
-        "encoder": "tu-mobilenetv3_small_050",
-        "encoder_weights": None,
-        "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
-    }
-}
-
-
-def copy_repository(root: Path, config: dict) -> Path:
-    """This checkout's files (tracked, or untracked and not ignored) copied
-    to ``root``, with ``config`` as its config.yaml: for tools that read
-    config.yaml itself (DVC) or do not pass --replace-workflow-config on to
-    remote jobs (the SLURM executor)."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "config.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
-def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=True):
-    """Run the Snakefile in ``workdir`` with ``configfile`` as the whole
-    config, or with ``replace=False`` merged over config.yaml."""
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / configfile), *(["--replace-workflow-config"] if replace else []), *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def planned_jobs(output):
-    """The job counts table that `snakemake -n` prints, as {rule: count}."""
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +72,15 @@ def test_overlays_of_test_images_and_extra_folders(finished_run):
     odd = results / "predictions" / "tiny" / "extra" / "odd"
     assert probmaps.load(odd / "palette.npz").shape == (29, 45, 70)
     assert probmaps.load(odd / "nested__rgb.npz").shape == (29, 90, 33)
-    assert sorted(p.name for p in (results / "overlays" / "extra" / "odd").glob("*.png")) == ["nested__rgb.png", "palette.png"]
+    assert sorted(p.name for p in (results / "overlays" / "extra" / "odd").glob("*.png")) == [
+        "nested__rgb.png",
+        "palette.png",
+    ]
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (README: apt-get install graphviz)")
+@pytest.mark.skipif(
+    shutil.which("dot") is None, reason="graphviz's dot is not installed (README: apt-get install graphviz)"
+)
 def test_dag_rule_draws_the_rule_graph_and_the_job_graph(finished_run):
     snakemake(finished_run, "--cores", "1", "dag")
     rulegraph = (finished_run / "results" / "dag" / "rulegraph.svg").read_text()
@@ -156,8 +116,20 @@ def test_a_run_killed_during_training_recovers_to_the_same_submission(finished_r
     config["predict"]["extra_images"] = {}
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / "tiny.yaml"), "--replace-workflow-config", "--cores", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        "--replace-workflow-config",
+        "--cores",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     killed = None
     deadline = time.time() + 300
@@ -186,8 +158,13 @@ def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
     (finished_run / "threshold.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake(finished_run, "-n", "--cores", "2", configfile="threshold.yaml")
     assert planned_jobs(result.stdout) == {
-        "all": "1", "fit_postprocess": "1", "score": "1", "submission": "1", "overlays_test": "1",
-        "overlays_extra": "1", "total": "6",
+        "all": "1",
+        "fit_postprocess": "1",
+        "score": "1",
+        "submission": "1",
+        "overlays_test": "1",
+        "overlays_extra": "1",
+        "total": "6",
     }
 
 
@@ -198,7 +175,10 @@ def dry_run_jobs(dry_run_output: str) -> list[tuple[str, list[str], list[str]]]:
         rule = re.match(r"(?:local)?rule (\w+):", block.strip())
         if rule:
             files = {kind: re.search(rf"^\s+{kind}: (.*)$", block, flags=re.MULTILINE) for kind in ("input", "output")}
-            names = {kind: [name.strip() for name in found.group(1).split(",")] if found else [] for kind, found in files.items()}
+            names = {
+                kind: [name.strip() for name in found.group(1).split(",")] if found else []
+                for kind, found in files.items()
+            }
             jobs.append((rule.group(1), names["input"], names["output"]))
     return jobs
 
@@ -221,7 +201,11 @@ def test_fitting_rules_never_read_a_test_set_file(tmp_path):
         assert not test_files, f"{rule} reads test-set files {test_files}"
         assert any("/oof/" in name for name in inputs[rule])
     # The test maps reach only the rules after the fit.
-    readers = {rule for rule, files in inputs.items() if any(name.startswith("results/predictions/tiny/test") for name in files)}
+    readers = {
+        rule
+        for rule, files in inputs.items()
+        if any(name.startswith("results/predictions/tiny/test") for name in files)
+    }
     assert readers == {"ensemble"}
 
 
@@ -251,19 +235,34 @@ def test_pseudo_label_round_runs_on_top_of_round_one_and_keeps_folds_apart(finis
     sizes = {name: (h, w) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
     assert validate(results / "pseudo" / "round2" / "submission.csv", sizes) == 2
     for fold in (0, 1):
-        metrics = json.loads((results / "pseudo" / "round2" / "models" / "tiny" / f"fold{fold}" / "metrics.json").read_text())
+        metrics = json.loads(
+            (results / "pseudo" / "round2" / "models" / "tiny" / f"fold{fold}" / "metrics.json").read_text()
+        )
         assert metrics["pseudo_labelled_images"] == 2
         # Round 2's out-of-fold maps are of the same real training images as round 1's.
-        maps = {round_: sorted(path.name for path in (folder / "predictions" / "tiny" / "oof" / f"fold{fold}").glob("*.npz"))
-                for round_, folder in ((1, results), (2, results / "pseudo" / "round2"))}
+        maps = {
+            round_: sorted(
+                path.name for path in (folder / "predictions" / "tiny" / "oof" / f"fold{fold}").glob("*.npz")
+            )
+            for round_, folder in ((1, results), (2, results / "pseudo" / "round2"))
+        }
         assert maps[1] == maps[2] and maps[1]
     rounds = pd.read_csv(results / "pseudo" / "rounds.csv")
-    assert rounds["scored_on"].tolist() == ["OOF", "held-out", "OOF", "held-out", "OOF, minus round 1", "held-out, minus round 1"]
+    assert rounds["scored_on"].tolist() == [
+        "OOF",
+        "held-out",
+        "OOF",
+        "held-out",
+        "OOF, minus round 1",
+        "held-out, minus round 1",
+    ]
     assert rounds["round"].tolist() == [1, 1, 2, 2, 2, 2]
     assert rounds.loc[2, "pseudo_labelled_test_images"] == "fold0: 2 of 2; fold1: 2 of 2"
     holdout = json.loads((results / "pseudo" / "round2" / "scores" / "holdout.json").read_text())
     assert rounds.loc[3, "mean_dice"] == pytest.approx(holdout["mean_dice"], abs=1e-5)
-    assert rounds.loc[5, "mean_dice"] == pytest.approx(rounds.loc[3, "mean_dice"] - rounds.loc[1, "mean_dice"], abs=2e-6)
+    assert rounds.loc[5, "mean_dice"] == pytest.approx(
+        rounds.loc[3, "mean_dice"] - rounds.loc[1, "mean_dice"], abs=2e-6
+    )
     assert (results / "pseudo" / "rounds.png").stat().st_size > 0
 
 
@@ -275,11 +274,14 @@ def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):
     assert laptop["train"] == "2" and laptop["predict_test"] == "1"
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"cv": {"fold": 2}}, "fold"),  # a typo'd key
-    ({"cv": {"folds": "three", "stratify": "pose"}}, "three"),  # a wrong type
-    ({"models": {"../outside": TINY_CONFIG["models"]["tiny"]}}, "../outside"),  # a model name that is a path
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"cv": {"fold": 2}}, "fold"),  # a typo'd key
+        ({"cv": {"folds": "three", "stratify": "pose"}}, "three"),  # a wrong type
+        ({"models": {"../outside": TINY_CONFIG["models"]["tiny"]}}, "../outside"),  # a model name that is a path
+    ],
+)
 def test_bad_config_is_refused_naming_the_key(tmp_path, change, named):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY_CONFIG, **change}))
     result = snakemake(tmp_path, "-n", "--cores", "1", check=False)
@@ -289,8 +291,13 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, change, named):
 
 
 def test_an_unknown_encoder_stops_the_run_before_any_training(tmp_path):
-    config = {**TINY_CONFIG, "models": {**TINY_CONFIG["models"],
-                                        "broken": {"arch": "Unet", "encoder": "resnet_does_not_exist", "encoder_weights": None}}}
+    config = {
+        **TINY_CONFIG,
+        "models": {
+            **TINY_CONFIG["models"],
+            "broken": {"arch": "Unet", "encoder": "resnet_does_not_exist", "encoder_weights": None},
+        },
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--cores", "2", check=False)
     assert result.returncode != 0
@@ -326,8 +333,11 @@ def test_competition_config_plans_four_models_by_five_folds(tmp_path):
         dry_run = snakemake(tmp_path, "-n", "--cores", "24", "--resources", "gpu=3", replace=replace).stdout
         plan = planned_jobs(dry_run)
         assert plan["train"] == "20" and plan["predict_test"] == "4" and "demo_data" not in plan
-        trained = {re.search(r"results/models/([^/]+)/", outputs[0]).group(1) for rule, _, outputs in dry_run_jobs(dry_run)
-                   if rule == "train"}
+        trained = {
+            re.search(r"results/models/([^/]+)/", outputs[0]).group(1)
+            for rule, _, outputs in dry_run_jobs(dry_run)
+            if rule == "train"
+        }
         assert trained == {"unet_hrnet_w48", "nnunet", "deeplabv3plus_resnet50", "upernet_swin_base"}
 
 

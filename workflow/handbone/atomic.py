@@ -41,3 +41,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def write_table(table, path: str | Path, **to_csv) -> Path:
+    """A pandas table as CSV (``to_csv``'s options), written atomically;
+    scores are written with 6 decimals unless said otherwise."""
+    options = {"index": False, "float_format": "%.6f", **to_csv}
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, **options)
+    return Path(path)
+
+
+def write_json(value, path: str | Path) -> Path:
+    """``value`` as indented JSON with a final newline, written atomically."""
+    import json
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+    return Path(path)

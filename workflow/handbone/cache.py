@@ -29,6 +29,7 @@ from tqdm import tqdm
 from . import config
 from .atomic import atomic_path
 from .data import mask_for_row, read_image, read_index
+from .errors import DataError
 from .masks import pack_mask, unpack_mask
 from .preprocess import preprocess
 
@@ -50,9 +51,14 @@ def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray) -
     np.save(folder / f"{stem}.image.npy", image)
     np.save(folder / f"{stem}.mask.npy", packed_mask)
     return {
-        "image_name": row["image_name"], "stem": stem, "height": image.shape[0], "width": image.shape[1],
-        "image_path": row["image_path"], "label_path": row["label_path"],
-        "image_crc": file_crc(folder / f"{stem}.image.npy"), "mask_crc": file_crc(folder / f"{stem}.mask.npy"),
+        "image_name": row["image_name"],
+        "stem": stem,
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "image_path": row["image_path"],
+        "label_path": row["label_path"],
+        "image_crc": file_crc(folder / f"{stem}.image.npy"),
+        "mask_crc": file_crc(folder / f"{stem}.mask.npy"),
     }
 
 
@@ -86,7 +92,7 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
     table = pd.read_csv(cache_dir / "cache.csv", keep_default_na=False).set_index("stem")
     missing = [stem for stem in stems if stem not in table.index]
     if missing:
-        raise ValueError(f"{cache_dir}/cache.csv has no entry for {len(missing)} image(s), e.g. {missing[:3]}")
+        raise DataError(f"{cache_dir}/cache.csv has no entry for {len(missing)} image(s), e.g. {missing[:3]}")
     options = json.loads((cache_dir / "options.json").read_text()) if (cache_dir / "options.json").is_file() else None
     locations = {}
     for stem in stems:
@@ -96,16 +102,25 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
             locations[stem] = cache_dir
             continue
         intact = all(path.is_file() for path in files) and [file_crc(path) for path in files] == [
-            int(row["image_crc"]), int(row["mask_crc"])
+            int(row["image_crc"]),
+            int(row["mask_crc"]),
         ]
         if intact:
             locations[stem] = cache_dir
             continue
         if options is None or not row["label_path"]:
-            raise ValueError(f"{files[0].parent}: cache entry {stem} is damaged (missing or CRC mismatch) and cannot be "
-                             "rebuilt from this cache (no options.json or no label file); rerun the rule that wrote it")
-        log.warning("%s: cache entry %s is damaged (missing or CRC mismatch); rebuilt from %s into %s "
-                    "(rerun the preprocess rule to repair the cache)", cache_dir, stem, row["image_path"], spare_dir)
+            raise DataError(
+                f"{files[0].parent}: cache entry {stem} is damaged (missing or CRC mismatch) and cannot be "
+                "rebuilt from this cache (no options.json or no label file); rerun the rule that wrote it"
+            )
+        log.warning(
+            "%s: cache entry %s is damaged (missing or CRC mismatch); rebuilt from %s into %s "
+            "(rerun the preprocess rule to repair the cache)",
+            cache_dir,
+            stem,
+            row["image_path"],
+            spare_dir,
+        )
         spare_dir.mkdir(parents=True, exist_ok=True)
         _write_labelled_entry(spare_dir, {**row.to_dict(), "image_name": row["image_name"]}, options)
         locations[stem] = spare_dir

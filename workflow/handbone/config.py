@@ -138,3 +138,12 @@ def train_options(config: dict, model: str) -> dict:
     options = {**config["train"], **own}
     options["augment"] = {**config["train"]["augment"], **own.get("augment", {})}
     return options
+
+
+def model_spec(spec, source: str) -> dict:
+    """A model entry (arch, encoder, encoder_weights, kwargs) given as JSON to
+    a command, checked like an entry of the config's models section."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{source}: expected a JSON object (arch, encoder, ...), got {spec!r}")
+    _check(spec, schema()["properties"]["models"]["additionalProperties"], source)
+    return spec

@@ -84,7 +84,9 @@ def read_annotations(path: str | Path) -> list[dict]:
     return annotations
 
 
-def check_annotations(path: str | Path, annotations: list[dict], height: int, width: int) -> tuple[list[str], list[str]]:
+def check_annotations(
+    path: str | Path, annotations: list[dict], height: int, width: int
+) -> tuple[list[str], list[str]]:
     """(errors, warnings) about one image's annotations, each naming the file.
 
     Errors make the file unusable (unknown class, points that are not
@@ -154,7 +156,7 @@ def index_data_root(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     if not (root / "train" / "DCM").is_dir():
-        raise DataError(f"{root}: not a data root (no train/DCM folder; see README, 'Use your own data')")
+        raise DataError(f"{root}: not a data root (no train/DCM folder; see docs/data.md, 'Use your own data')")
     problems: list[str] = []
     rows = []
     for split in ("train", "test"):
@@ -204,6 +206,17 @@ def index_data_root(root: str | Path) -> pd.DataFrame:
         problems.append(f"{name}: image name used more than once ({paths}); the submission key is the bare file name")
     if problems:
         raise DataError(f"{len(problems)} problem(s) in data root {root}:\n  " + "\n  ".join(problems))
+    return index
+
+
+def write_index(root: str | Path, out: str | Path) -> pd.DataFrame:
+    """``handbone index``: the index CSV (INDEX_COLUMNS) of a data root."""
+    from .atomic import write_table
+
+    index = index_data_root(root)
+    write_table(index, out, float_format=None)
+    counts = index["split"].value_counts().to_dict()
+    log.info("indexed %s: %d train, %d test images -> %s", root, counts.get("train", 0), counts.get("test", 0), out)
     return index
 
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from scipy.stats import ks_2samp
 from tqdm import tqdm
 
 from . import figures
-from .atomic import atomic_path
+from .atomic import write_json, write_table
 from .classes import CLASSES
 from .data import read_annotations, read_image
 from .outliers import detect, image_features
@@ -135,6 +134,9 @@ def _overlap_table(features) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> dict:
+    """``handbone eda``: per-image, per-class and overlap statistics, the
+    outlier findings, figures and a summary (findings.json) of the indexed
+    images in ``out_dir``; returns the summary."""
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -143,24 +145,7 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     background_histogram = np.zeros(256)
     for _, row in tqdm(index.iterrows(), total=len(index), desc="eda", disable=not progress):
         image = read_image(row["image_path"])
-        pose = pixel_pose(image)
-        record = {
-            "image_name": row["image_name"],
-            "split": row["split"],
-            "person_id": row["person_id"],
-            "height": image.shape[0],
-            "width": image.shape[1],
-            "bit_depth": _bit_depth(row["image_path"]),
-            "intensity_mean": float(image.mean()),
-            "intensity_std": float(image.std()),
-            "intensity_p01": float(np.percentile(image, 1)),
-            "intensity_p99": float(np.percentile(image, 99)),
-            "side_from_pixels": pose["side"],
-            "rotation_from_pixels": pose["rotation"],
-            "side_from_labels": "",
-            "rotation_from_labels": np.nan,
-            "wrist_bend_from_labels": np.nan,
-        }
+        record = _image_record(row, image)
         if row["split"] == "train":
             annotations = read_annotations(row["label_path"])
             item = image_features(row["image_name"], annotations, image.shape[0], image.shape[1])
@@ -177,8 +162,51 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     outliers = pd.DataFrame(detect(features), columns=["image_name", "reason", "score", "detail"])
     class_stats = _class_stats(features) if features else pd.DataFrame({"class": CLASSES})
     overlap, iou_matrix = _overlap_table(features)
+    summary = _summary(image_stats, outliers, len(features))
 
-    summary = {"train_images": len(features), "test_images": int((image_stats["split"] == "test").sum())}
+    for name, table in (
+        ("class_stats.csv", class_stats),
+        ("image_stats.csv", image_stats),
+        ("overlap.csv", overlap),
+        ("outliers.csv", outliers),
+    ):
+        write_table(table, out_dir / name, float_format="%.6g")
+    figures.centroid_scatter(features, figure_dir / "centroids.png")
+    figures.area_distributions(features, figure_dir / "areas.png")
+    figures.intensity_histograms(bone_histogram, background_histogram, figure_dir / "intensity.png")
+    figures.rotation_distributions(image_stats, figure_dir / "rotation.png")
+    figures.overlap_heatmap(iou_matrix, figure_dir / "overlap.png")
+    write_json(summary, out_dir / "findings.json")
+    return summary
+
+
+def _image_record(row, image: np.ndarray) -> dict:
+    """image_stats.csv's row of one image; the label columns are filled for
+    training images by the caller."""
+    pose = pixel_pose(image)
+    return {
+        "image_name": row["image_name"],
+        "split": row["split"],
+        "person_id": row["person_id"],
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "bit_depth": _bit_depth(row["image_path"]),
+        "intensity_mean": float(image.mean()),
+        "intensity_std": float(image.std()),
+        "intensity_p01": float(np.percentile(image, 1)),
+        "intensity_p99": float(np.percentile(image, 99)),
+        "side_from_pixels": pose["side"],
+        "rotation_from_pixels": pose["rotation"],
+        "side_from_labels": "",
+        "rotation_from_labels": np.nan,
+        "wrist_bend_from_labels": np.nan,
+    }
+
+
+def _summary(image_stats: pd.DataFrame, outliers: pd.DataFrame, train_images: int) -> dict:
+    """findings.json: counts, side agreement, the train/test rotation shift
+    (with a warning when significant) and the outlier findings per reason."""
+    summary = {"train_images": train_images, "test_images": int((image_stats["split"] == "test").sum())}
     warnings = []
     labelled = image_stats[image_stats["side_from_labels"] != ""]
     if len(labelled):
@@ -188,7 +216,10 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     if len(train_rotation) >= 5 and len(test_rotation) >= 5:
         test = ks_2samp(train_rotation.abs(), test_rotation.abs())
         summary["rotation_shift_pvalue"] = float(test.pvalue)
-        summary["abs_rotation_mean"] = {"train": float(train_rotation.abs().mean()), "test": float(test_rotation.abs().mean())}
+        summary["abs_rotation_mean"] = {
+            "train": float(train_rotation.abs().mean()),
+            "test": float(test_rotation.abs().mean()),
+        }
         if test.pvalue < 0.05:
             warnings.append(
                 f"hand rotation differs between train and test (Kolmogorov-Smirnov p={test.pvalue:.3g}; "
@@ -199,20 +230,4 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     summary["warnings"] = warnings
     for warning in warnings:
         log.warning("%s", warning)
-
-    for name, table in (
-        ("class_stats.csv", class_stats),
-        ("image_stats.csv", image_stats),
-        ("overlap.csv", overlap),
-        ("outliers.csv", outliers),
-    ):
-        with atomic_path(out_dir / name) as temporary:
-            table.to_csv(temporary, index=False, float_format="%.6g")
-    figures.centroid_scatter(features, figure_dir / "centroids.png")
-    figures.area_distributions(features, figure_dir / "areas.png")
-    figures.intensity_histograms(bone_histogram, background_histogram, figure_dir / "intensity.png")
-    figures.rotation_distributions(image_stats, figure_dir / "rotation.png")
-    figures.overlap_heatmap(iou_matrix, figure_dir / "overlap.png")
-    with atomic_path(out_dir / "findings.json") as temporary:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

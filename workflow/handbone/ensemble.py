@@ -1,4 +1,4 @@
-"""Combining the models' probability maps and writing the submission.
+"""Combining the models' probability maps (submission.py writes the CSV).
 
 Everything streams image by image and works on each class's crop (see
 ``probmaps``), so memory does not grow with the number of images and a
@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import probmaps, rle
+from . import probmaps
 from .atomic import atomic_path
 from .classes import NUM_CLASSES
-from .data import read_index
-from .postprocess import PostprocessParams, class_mask
-from .submission import SubmissionWriter
+from .errors import DataError
 
 
 def uniform_weights(models: int) -> np.ndarray:
@@ -45,7 +43,7 @@ def combine(maps, weights: np.ndarray | None = None, hard: bool = False):
     """
     shapes = {tuple(shape) for shape, _, _ in maps}
     if len(shapes) != 1:
-        raise ValueError(f"maps of one image have different shapes {sorted(shapes)}")
+        raise DataError(f"maps of one image have different shapes {sorted(shapes)}")
     count = len(maps)
     weights = uniform_weights(count) if weights is None else np.asarray(weights, dtype=np.float64)
     boxes, crops = [], []
@@ -76,7 +74,7 @@ def read_weights(path: str | Path, models: list[str]) -> tuple[np.ndarray, bool]
     in the order of ``models`` (the folders' model names)."""
     document = json.loads(Path(path).read_text())
     if sorted(document["models"]) != sorted(models):
-        raise ValueError(f"{path} has weights for models {document['models']}, but the maps are of {models}")
+        raise DataError(f"{path} has weights for models {document['models']}, but the maps are of {models}")
     order = [document["models"].index(model) for model in models]
     weights = np.asarray(document["weights"], dtype=np.float64)[:, order]
     return weights, document["mode"] == "hard"
@@ -87,7 +85,7 @@ def _model_name(directory: Path) -> str:
     return directory.parent.name
 
 
-def _in_parallel(function, items, workers: int, description: str, progress: bool):
+def in_parallel(function, items, workers: int, description: str, progress: bool):
     """``function`` over ``items`` in ``workers`` threads, results in order.
     Decompression, OpenCV and most numpy work release the GIL, so threads
     use several cores without copying maps between processes."""
@@ -108,7 +106,7 @@ def ensemble_maps(
     names = sorted(path.name for path in model_dirs[0].glob("*.npz"))
     for directory in model_dirs[1:]:
         if sorted(path.name for path in directory.glob("*.npz")) != names:
-            raise ValueError(f"{directory} and {model_dirs[0]} hold maps of different images")
+            raise DataError(f"{directory} and {model_dirs[0]} hold maps of different images")
     weights, hard = (None, False)
     if weights_path:
         weights, hard = read_weights(weights_path, [_model_name(directory) for directory in model_dirs])
@@ -120,7 +118,7 @@ def ensemble_maps(
             shape, boxes, crops = combine(maps, weights, hard)
             probmaps.save_crops(staging / name, shape, boxes, crops, probmaps.image_name(model_dirs[0] / name))
 
-        for _ in _in_parallel(one_image, names, workers, "ensemble", progress):
+        for _ in in_parallel(one_image, names, workers, "ensemble", progress):
             pass
     return Path(out_dir)
 
@@ -132,41 +130,3 @@ def mean_quantized(paths: list[str | Path]) -> np.ndarray:
     for number, ((top, bottom, left, right), crop) in enumerate(zip(boxes, crops)):
         result[number, top:bottom, left:right] = crop
     return result
-
-
-def image_rles(path: str | Path, params: PostprocessParams) -> list[str]:
-    """The 29 RLE strings of one image's map after post-processing."""
-    (_, _, width), boxes, crops = probmaps.load_crops(path)
-    return [
-        rle.encode_box(class_mask(crop, number, params), int(box[0]), int(box[2]), width) if crop.size else ""
-        for number, (box, crop) in enumerate(zip(boxes, crops))
-    ]
-
-
-def write_submission(
-    prob_dir: str | Path,
-    index_path: str | Path,
-    out: str | Path,
-    params: PostprocessParams,
-    progress: bool = True,
-    workers: int = 1,
-) -> Path:
-    """Post-process every test image's map and write ``image_name,class,rle``.
-
-    Images come in the index's order; a test image without a map is an error.
-    """
-    prob_dir = Path(prob_dir)
-    names = list(read_index(index_path, "test")["image_name"])
-    paths = [prob_dir / probmaps.map_filename(name) for name in names]
-    missing = [f"{name} ({path})" for name, path in zip(names, paths) if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no probability map for {len(missing)} test image(s), e.g. {missing[:3]}")
-    with atomic_path(out) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = SubmissionWriter(handle)
-            rles = _in_parallel(lambda path: image_rles(path, params), paths, workers, "submission", progress)
-            for name, image_rle in zip(names, rles):
-                writer.write_rles(name, image_rle)
-    return Path(out)
-
-

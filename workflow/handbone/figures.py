@@ -43,7 +43,11 @@ def centroid_scatter(features, path: Path) -> None:
 def area_distributions(features, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(11, 4.5))
     areas = [
-        [item.first_by_label()[name].area / (item.height * item.width) for item in features if name in item.first_by_label()]
+        [
+            item.first_by_label()[name].area / (item.height * item.width)
+            for item in features
+            if name in item.first_by_label()
+        ]
         for name in CLASSES
     ]
     axes.boxplot([a if a else [np.nan] for a in areas], showfliers=True, flierprops={"markersize": 3})
@@ -72,10 +76,14 @@ def rotation_distributions(image_stats, path: Path) -> None:
     for split in ("train", "test"):
         values = image_stats.loc[image_stats["split"] == split, "rotation_from_pixels"].dropna()
         if len(values):
-            axes.hist(values.clip(-60, 60), bins=bins, alpha=0.5, density=True, label=f"{split} (pixels, n={len(values)})")
+            axes.hist(
+                values.clip(-60, 60), bins=bins, alpha=0.5, density=True, label=f"{split} (pixels, n={len(values)})"
+            )
     labelled = image_stats["rotation_from_labels"].dropna()
     if len(labelled):
-        axes.hist(labelled.clip(-60, 60), bins=bins, histtype="step", density=True, color="black", label="train (labels)")
+        axes.hist(
+            labelled.clip(-60, 60), bins=bins, histtype="step", density=True, color="black", label="train (labels)"
+        )
     axes.set_xlabel("hand rotation (degrees, clockwise)")
     axes.set_ylabel("density")
     axes.legend()
@@ -115,8 +123,14 @@ def per_class_dice(rows: dict[str, np.ndarray], path: Path, title: str) -> None:
     """Dice per class, one marker series per model or ensemble step."""
     figure, axes = plt.subplots(figsize=(12, 4.5))
     for label, values in rows.items():
-        axes.plot(range(len(CLASSES)), values, marker="o", markersize=4, linewidth=1,
-                  label=f"{label} (mean {np.mean(values):.3f})")
+        axes.plot(
+            range(len(CLASSES)),
+            values,
+            marker="o",
+            markersize=4,
+            linewidth=1,
+            label=f"{label} (mean {np.mean(values):.3f})",
+        )
     axes.set_xticks(range(len(CLASSES)), CLASSES, rotation=70, fontsize=7)
     axes.set_ylabel("Dice")
     axes.grid(alpha=0.3)

@@ -9,6 +9,7 @@ the outlier rules (wrong labels) are left out of the fit.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 
@@ -16,16 +17,22 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import probmaps
+from . import config, probmaps
+from .atomic import write_json, write_table
+from .cache import CacheEntry
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_folds, usable_images
-from .errors import DataError
 from .ensemble import combine, uniform_weights, union_box
+from .errors import ConfigError, DataError, MissingInput
 from .metrics import SMOOTH
 from .postprocess import PostprocessParams, component_areas, kept_components, threshold_cut
-from .cache import CacheEntry
 
 log = logging.getLogger("handbone")
+
+# Row labels of the OOF score tables (the "step" column) that other code picks by name.
+MODEL_STEP = "model {}"
+UNIFORM_STEP = "uniform ensemble"
+PLAIN_STEP = "plain"
 
 
 def _dice(true_positives, predicted, actual):
@@ -36,7 +43,9 @@ def oof_maps(folds_path: str | Path, model_dirs: dict[str, Path]) -> list[tuple[
     """(image stem, {model: map file}) of every usable training image; each
     model's folder holds fold*/ subfolders of out-of-fold maps."""
     usable = usable_images(read_folds(folds_path))
-    found = {model: {path.name: path for path in Path(folder).glob("fold*/*.npz")} for model, folder in model_dirs.items()}
+    found = {
+        model: {path.name: path for path in Path(folder).glob("fold*/*.npz")} for model, folder in model_dirs.items()
+    }
     images, missing = [], []
     for name in usable["image_name"]:
         filename = probmaps.map_filename(name)
@@ -44,7 +53,7 @@ def oof_maps(folds_path: str | Path, model_dirs: dict[str, Path]) -> list[tuple[
         missing += [f"{model}: {name}" for model, path in paths.items() if path is None]
         images.append((Path(name).stem, paths))
     if missing:
-        raise FileNotFoundError(f"no out-of-fold map for {len(missing)} training image(s), e.g. {missing[:3]}")
+        raise MissingInput(f"no out-of-fold map for {len(missing)} training image(s), e.g. {missing[:3]}")
     if not images:
         raise DataError(f"{folds_path} lists no usable training image")
     return images
@@ -70,7 +79,9 @@ def weight_candidates(models: int, step: float) -> np.ndarray:
     parts = max(1, round(1 / step))
     grid = [combo for combo in itertools.product(range(parts + 1), repeat=models) if sum(combo) == parts]
     if len(grid) > 2000:
-        raise ValueError(f"{len(grid)} weight combinations for {models} models at step {step}: use a larger ensemble.weight_step")
+        raise ConfigError(
+            f"{len(grid)} weight combinations for {models} models at step {step}: use a larger ensemble.weight_step"
+        )
     vectors = [np.eye(models)[model] for model in range(models)] + [np.full(models, 1 / models)]
     vectors += [np.array(combo, dtype=np.float64) / parts for combo in grid]
     return np.array(vectors)
@@ -97,7 +108,9 @@ def fit_ensemble(
             region = top, bottom, left, right = union_box([gt_box] + [boxes[number] for _, boxes, _ in maps])
             gt = ground_truth[number, top:bottom, left:right].astype(bool)
             actual = gt.sum()
-            stack = np.stack([_placed(boxes[number], crops[number], region) for _, boxes, crops in maps]).astype(np.float32)
+            stack = np.stack([_placed(boxes[number], crops[number], region) for _, boxes, crops in maps]).astype(
+                np.float32
+            )
             flat, gt_flat = stack.reshape(len(models), -1), gt.reshape(-1)
             for first in range(0, len(candidates), 16):
                 # Same rounding as combine(): stored = floor(sum + 0.5) > 127.5.
@@ -112,8 +125,8 @@ def fit_ensemble(
     # Ties go to the uniform mean: weights move only where they buy Dice.
     weighted = int(_best_per_class(scores.mean(axis=1, keepdims=True), uniform)[0])
     classwise = _best_per_class(scores, uniform)
-    rows = {f"model {model}": scores[number] for number, model in enumerate(models)}
-    rows["uniform ensemble"] = scores[uniform]
+    rows = {MODEL_STEP.format(model): scores[number] for number, model in enumerate(models)}
+    rows[UNIFORM_STEP] = scores[uniform]
     rows["weighted ensemble"] = scores[weighted]
     rows["class-wise ensemble"] = scores[classwise, np.arange(NUM_CLASSES)]
     rows["hard vote"] = hard_scores
@@ -129,8 +142,12 @@ def fit_ensemble(
 
 def score_table(rows: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per label: the mean over classes, then Dice per class."""
-    table = pd.DataFrame([{"step": label, "mean_dice": float(np.mean(values)), **dict(zip(CLASSES, values))}
-                          for label, values in rows.items()])
+    table = pd.DataFrame(
+        [
+            {"step": label, "mean_dice": float(np.mean(values)), **dict(zip(CLASSES, values))}
+            for label, values in rows.items()
+        ]
+    )
     return table
 
 
@@ -162,21 +179,43 @@ def fit_postprocess(
 ) -> tuple[PostprocessParams, pd.DataFrame, dict]:
     """Fit thresholds, then small-component removal, then largest-component,
     each kept only if it passes ``_accept`` on the OOF maps of the ensemble.
+    ``options``: the config's postprocess section (missing keys take
+    config.yaml's values).
 
     Returns the frozen parameters, the table of OOF Dice after each step and
     which steps were kept.
     """
-    base = float(options.get("threshold", 0.5))
-    max_drop = float(options.get("max_class_drop", 0.001))
-    grid = sorted(set([base] + [float(value) for value in options.get("threshold_grid", [])])) if options.get("fit_thresholds", True) else [base]
+    options = config.section("postprocess", options, "postprocess options")
+    thresholds, steps, kept = _fit_thresholds(images, models, cache_dir, ensemble, options, progress)
+    components = _oof_components(images, models, cache_dir, ensemble, thresholds, progress)
+    min_area, largest = _fit_components(components, options, steps, kept)
+    params = PostprocessParams(thresholds, min_area, largest)
+    base = float(options["threshold"])
+    table = score_table(
+        {
+            f"ensemble + {name}" if name != PLAIN_STEP else f"ensemble, threshold {base}": values
+            for name, values in steps.items()
+        }
+    )
+    return params, table, kept
+
+
+def _fit_thresholds(images, models, cache_dir, ensemble: dict, options: dict, progress: bool):
+    """Pass 1: Dice of every image and class at every threshold, from
+    histograms of the quantised probabilities inside and outside the label.
+    Returns the thresholds per class and the steps' scores and choices."""
+    base = float(options["threshold"])
+    grid = (
+        sorted(set([base] + [float(value) for value in options["threshold_grid"]]))
+        if options["fit_thresholds"]
+        else [base]
+    )
     default_threshold = grid.index(base)
     cuts = np.array([threshold_cut(value) for value in grid])
-
-    # Pass 1: Dice of every image and class at every threshold, from
-    # histograms of the quantised probabilities inside and outside the label.
     per_threshold = np.zeros((len(grid), NUM_CLASSES))
-    for stem, (shape, boxes, crops) in tqdm(_ensemble_oof(images, models, ensemble), total=len(images),
-                                            desc="fit thresholds", disable=not progress):
+    for stem, (_shape, boxes, crops) in tqdm(
+        _ensemble_oof(images, models, ensemble), total=len(images), desc="fit thresholds", disable=not progress
+    ):
         ground_truth = CacheEntry(cache_dir, stem).mask()
         for number, gt_box in enumerate(_gt_boxes(ground_truth)):
             region = top, bottom, left, right = union_box([gt_box, boxes[number]])
@@ -190,22 +229,25 @@ def fit_postprocess(
             first = np.minimum(first, 256)
             per_threshold[:, number] += _dice(above_gt[first], above_all[first], gt.sum())
     per_threshold /= len(images)
-    steps = {"plain": per_threshold[default_threshold]}
+    steps = {PLAIN_STEP: per_threshold[default_threshold]}
     chosen = _best_per_class(per_threshold, default_threshold)
     fitted = per_threshold[chosen, np.arange(NUM_CLASSES)]
-    kept = {"thresholds": bool(options.get("fit_thresholds", True)) and _accept(steps["plain"], fitted, max_drop)}
+    kept = {
+        "thresholds": bool(options["fit_thresholds"]) and _accept(steps[PLAIN_STEP], fitted, options["max_class_drop"])
+    }
     thresholds = [grid[index] for index in chosen] if kept["thresholds"] else [base] * NUM_CLASSES
-    steps["thresholds"] = fitted if kept["thresholds"] else steps["plain"]
+    steps["thresholds"] = fitted if kept["thresholds"] else steps[PLAIN_STEP]
+    return thresholds, steps, kept
 
-    # Pass 2: connected components at the chosen thresholds; a component's
-    # area and overlap with the label decide every min-area / largest choice.
-    areas_grid = [0] + sorted(int(value) for value in options.get("min_area_grid", []) if int(value) > 0)
-    if not options.get("remove_small", True):
-        areas_grid = [0]
-    per_area = np.zeros((len(areas_grid), NUM_CLASSES))
-    components = []  # per image, per class: (areas, true positives, label pixels)
-    for stem, (shape, boxes, crops) in tqdm(_ensemble_oof(images, models, ensemble), total=len(images),
-                                            desc="fit components", disable=not progress):
+
+def _oof_components(images, models, cache_dir, ensemble: dict, thresholds: list, progress: bool) -> list:
+    """Pass 2: connected components at the chosen thresholds; per image and
+    class, each component's area and overlap with the label (and the label's
+    size) decide every min-area / largest choice."""
+    components = []
+    for stem, (_shape, boxes, crops) in tqdm(
+        _ensemble_oof(images, models, ensemble), total=len(images), desc="fit components", disable=not progress
+    ):
         ground_truth = CacheEntry(cache_dir, stem).mask()
         image_components = []
         for number in range(NUM_CLASSES):
@@ -220,18 +262,28 @@ def fit_postprocess(
             hits = np.bincount(labels[gt], minlength=len(areas))
             image_components.append((areas, hits, actual))
         components.append(image_components)
+    return components
 
-    def scores_for(min_areas, largest) -> np.ndarray:
-        total = np.zeros(NUM_CLASSES)
-        for image_components in components:
-            for number, (areas, hits, actual) in enumerate(image_components):
-                keep = kept_components(areas, min_areas[number], largest[number])
-                total[number] += _dice(hits[keep].sum(), areas[keep].sum(), actual)
-        return total / len(components)
 
+def _component_scores(components: list, min_areas, largest) -> np.ndarray:
+    total = np.zeros(NUM_CLASSES)
+    for image_components in components:
+        for number, (areas, hits, actual) in enumerate(image_components):
+            keep = kept_components(areas, min_areas[number], largest[number])
+            total[number] += _dice(hits[keep].sum(), areas[keep].sum(), actual)
+    return total / len(components)
+
+
+def _fit_components(components: list, options: dict, steps: dict, kept: dict) -> tuple[list, list]:
+    """The minimum area per class, then largest-component per class, each
+    kept if ``_accept`` says so; adds their scores to ``steps`` and
+    ``kept``."""
+    max_drop = options["max_class_drop"]
+    areas_grid = [0] + sorted(int(value) for value in options["min_area_grid"] if int(value) > 0)
+    if not options["remove_small"]:
+        areas_grid = [0]
     no_largest = [False] * NUM_CLASSES
-    for row, area in enumerate(areas_grid):
-        per_area[row] = scores_for([area] * NUM_CLASSES, no_largest)
+    per_area = np.array([_component_scores(components, [area] * NUM_CLASSES, no_largest) for area in areas_grid])
     chosen_area = _best_per_class(per_area, 0)
     with_areas = per_area[chosen_area, np.arange(NUM_CLASSES)]
     kept["remove_small"] = _accept(steps["thresholds"], with_areas, max_drop)
@@ -239,18 +291,70 @@ def fit_postprocess(
     steps["small components removed"] = with_areas if kept["remove_small"] else steps["thresholds"]
 
     largest = [False] * NUM_CLASSES
-    if options.get("largest_component", True):
-        with_largest = scores_for(min_area, [True] * NUM_CLASSES)
+    kept["largest_component"] = False
+    if options["largest_component"]:
+        with_largest = _component_scores(components, min_area, [True] * NUM_CLASSES)
         largest = [bool(value) for value in with_largest > steps["small components removed"] + 1e-12]
-        candidate = scores_for(min_area, largest)
+        candidate = _component_scores(components, min_area, largest)
         kept["largest_component"] = _accept(steps["small components removed"], candidate, max_drop)
         if not kept["largest_component"]:
             largest = [False] * NUM_CLASSES
-    else:
-        kept["largest_component"] = False
-    steps["largest component"] = scores_for(min_area, largest)
+    steps["largest component"] = _component_scores(components, min_area, largest)
+    return min_area, largest
 
-    params = PostprocessParams(thresholds, min_area, largest)
-    table = score_table({f"ensemble + {name}" if name != "plain" else f"ensemble, threshold {base}": values
-                         for name, values in steps.items()})
+
+def oof_inputs(oof_dirs: list, folds_path: str | Path) -> tuple[list[str], list]:
+    """The models (named by their folders, ``.../{model}/oof``) and the
+    usable training images with each model's out-of-fold map."""
+    model_dirs = {Path(folder).parent.name: Path(folder) for folder in oof_dirs}
+    return list(model_dirs), oof_maps(folds_path, model_dirs)
+
+
+def write_ensemble_fit(oof_dirs, folds_path, cache_dir, mode: str, weight_step: float, out, table_out, progress=True):
+    """``handbone fit-ensemble``: the chosen weights (JSON) and the table of
+    OOF Dice per model and ensemble (CSV)."""
+    models, images = oof_inputs(oof_dirs, folds_path)
+    chosen, table = fit_ensemble(images, models, cache_dir, mode, weight_step, progress)
+    write_json(chosen, out)
+    write_table(table, table_out)
+    for _, row in table.iterrows():
+        log.info("OOF Dice %-22s %.4f", row["step"], row["mean_dice"])
+    return chosen, table
+
+
+def write_postprocess_fit(
+    oof_dirs,
+    folds_path,
+    cache_dir,
+    ensemble_path,
+    options: dict,
+    out,
+    table_out,
+    ensemble_table=None,
+    figure=None,
+    progress=True,
+):
+    """``handbone fit-postprocess``: the frozen post-processing (params.json,
+    with the steps kept and the number of images it was fitted on), the
+    table of OOF Dice after each step (behind fit-ensemble's rows when
+    ``ensemble_table`` is given) and, optionally, a figure of the Dice per
+    class of the models and the final ensemble."""
+    models, images = oof_inputs(oof_dirs, folds_path)
+    ensemble = json.loads(Path(ensemble_path).read_text())
+    params, table, kept = fit_postprocess(images, models, cache_dir, ensemble, options, progress)
+    if ensemble_table:
+        table = pd.concat([pd.read_csv(ensemble_table), table], ignore_index=True)
+    write_json({**params.to_dict(), "steps_kept": kept, "fitted_on_images": len(images)}, out)
+    write_table(table, table_out)
+    for _, row in table.iterrows():
+        log.info("OOF Dice %-45s %.4f", row["step"], row["mean_dice"])
+    if figure:
+        from .figures import per_class_dice
+
+        shown = [step for step in table["step"] if step.startswith(MODEL_STEP.format(""))] + [table["step"].iloc[-1]]
+        if UNIFORM_STEP in set(table["step"]) and len(shown) > 2:
+            shown.insert(-1, UNIFORM_STEP)
+        rows = {step: table.set_index("step").loc[step, CLASSES].to_numpy(dtype=float) for step in shown}
+        per_class_dice(rows, Path(figure), "Out-of-fold Dice per class: models, ensemble, after post-processing")
+    log.info("post-processing steps kept: %s", ", ".join(name for name, value in kept.items() if value) or "none")
     return params, table, kept

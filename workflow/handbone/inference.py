@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import config
+from .errors import ConfigError
 from .model import to_network_input
 
 log = logging.getLogger("handbone")
@@ -53,7 +55,9 @@ def scaled_size(length: int, scale: float) -> int:
     return max(32, int(round(length * scale / 32)) * 32)
 
 
-def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, overlap: float, batch_size: int) -> torch.Tensor:
+def _sliding_window(
+    models, tensor: torch.Tensor, window: int, hflip: bool, overlap: float, batch_size: int
+) -> torch.Tensor:
     """Gaussian-blended windows over a (1, 3, H, W) tensor -> (1, C, H, W).
 
     Windows are run ``batch_size`` at a time. The sums are kept on the
@@ -64,7 +68,11 @@ def _sliding_window(models, tensor: torch.Tensor, window: int, hflip: bool, over
     padded_height, padded_width = max(height, window), max(width, window)
     tensor = F.pad(tensor, (0, padded_width - width, 0, padded_height - height))
     stride = max(1, int(window * (1 - overlap)))
-    positions = [(top, left) for top in window_starts(padded_height, window, stride) for left in window_starts(padded_width, window, stride)]
+    positions = [
+        (top, left)
+        for top in window_starts(padded_height, window, stride)
+        for left in window_starts(padded_width, window, stride)
+    ]
     weights = gaussian_weights(window).to(tensor.device)
     total = norm = None
     for first in range(0, len(positions), batch_size):
@@ -116,9 +124,9 @@ def predict_probabilities(
     device,
     hflip: bool = False,
     mode: str = "resize",
-    overlap: float = 0.5,
+    overlap: float | None = None,
     scales=(1.0,),
-    batch_size: int = 4,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Mean sigmoid probabilities of ``models`` on a preprocessed uint8 image,
     as (29, H, W) at the image's original resolution.
@@ -128,10 +136,13 @@ def predict_probabilities(
     scale and predicts windows of ``input_size``, ``overlap`` apart, blended
     with Gaussian weights (images smaller than a window are padded).
     Test-time augmentation averages probabilities over ``scales`` and, with
-    ``hflip``, over horizontally flipped views mapped back.
+    ``hflip``, over horizontally flipped views mapped back. ``overlap`` and
+    ``batch_size`` left out: config.yaml's predict values.
     """
     if mode not in ("resize", "patch"):
-        raise ValueError(f"unknown input mode {mode!r} (resize or patch)")
+        raise ConfigError(f"unknown input mode {mode!r} (resize or patch)")
+    overlap = config.default("predict.overlap") if overlap is None else overlap
+    batch_size = config.default("predict.batch_size") if batch_size is None else batch_size
     height, width = image.shape
     tensor = to_network_input(torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device))
     mean = None

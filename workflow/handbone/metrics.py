@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import rle
+from .atomic import write_json, write_table
 from .classes import CLASSES
-from .data import rasterize, read_annotations
+from .data import rasterize, read_annotations, read_index
+
+log = logging.getLogger("handbone")
 
 SMOOTH = 1e-4
+# The fold label of a model's row that averages its folds in cv tables.
+MEAN_FOLD = "mean"
 
 
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -74,7 +80,75 @@ def cv_table(metrics_paths) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows)
     means = table.groupby("model", sort=False)[["val_dice", *CLASSES]].mean().reset_index()
-    means["fold"] = "mean"
+    means["fold"] = MEAN_FOLD
     table = pd.concat([table, means], ignore_index=True)
     table["best_epoch"] = table["best_epoch"].astype("Int64")
     return table[["model", "fold", "val_dice", "best_epoch", *CLASSES]]
+
+
+def write_cv_summary(metrics_paths, out, history_paths=(), history_out=None, figure=None) -> pd.DataFrame:
+    """``handbone cv-summary``: the cross-validation table of one model's
+    folds, and optionally its folds' training histories in one CSV (with a
+    fold column) and their learning curves."""
+    table = cv_table(metrics_paths)
+    write_table(table, out)
+    for model, group in table[table["fold"] != MEAN_FOLD].groupby("model"):
+        log.info("%s: cross-validation Dice %.4f over %d fold(s)", model, group["val_dice"].mean(), len(group))
+    if history_paths:
+        history = pd.concat(
+            [pd.read_csv(path).assign(fold=Path(path).parent.name.removeprefix("fold")) for path in history_paths],
+            ignore_index=True,
+        )[["fold", "epoch", "train_loss", "lr", "val_dice"]]
+        if history_out:
+            write_table(history, history_out)
+        if figure:
+            from .figures import learning_curves
+
+            learning_curves(history, Path(figure), f"Learning curves of {', '.join(table['model'].unique())}")
+    return table
+
+
+def write_cv_combined(tables, out, metrics_out, figure=None) -> dict:
+    """``handbone cv-combine``: the models' cross-validation tables in one,
+    the mean and per-fold Dice per model as JSON (DVC metrics) and,
+    optionally, a figure of the Dice per class and model."""
+    table = pd.concat([pd.read_csv(path, dtype={"fold": str}) for path in tables], ignore_index=True)
+    write_table(table, out)
+    means = table[table["fold"] == MEAN_FOLD].set_index("model")
+    metrics = {
+        model: {
+            "mean_dice": float(means.loc[model, "val_dice"]),
+            "folds": {row["fold"]: float(row["val_dice"]) for _, row in group[group["fold"] != MEAN_FOLD].iterrows()},
+        }
+        for model, group in table.groupby("model", sort=False)
+    }
+    write_json({"cv_dice": metrics}, metrics_out)
+    if figure:
+        from .figures import per_class_dice
+
+        rows = {model: means.loc[model, CLASSES].to_numpy(dtype=float) for model in means.index}
+        per_class_dice(rows, Path(figure), "Cross-validation Dice per class (mean over folds)")
+    return metrics
+
+
+def write_holdout_scores(submission, index_path, ground_truth, out_dir) -> dict:
+    """``handbone score``: Dice per image and per class of a submission
+    against the test labels, and their mean, into ``out_dir``. Without
+    labels (real data: the competition keeps them) the same files say so
+    instead of holding a number, so DVC tracks them either way."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if ground_truth:
+        per_image = score_submission(submission, ground_truth, read_index(index_path, "test"))
+        per_class, mean = summarize(per_image)
+        summary = {"mean_dice": mean, "images": len(per_image)}
+        log.info("held-out mean Dice %.4f over %d images", mean, len(per_image))
+    else:
+        per_image = pd.DataFrame(columns=["image_name", *CLASSES]).set_index("image_name")
+        per_class = pd.DataFrame({"class": CLASSES, "dice": [float("nan")] * len(CLASSES)})
+        summary = {"mean_dice": None, "images": 0, "note": "no test labels (not the synthetic demo): no held-out score"}
+        log.info("no test labels: no held-out score")
+    write_table(per_image, out / "holdout_per_image.csv", index=True)
+    write_table(per_class, out / "holdout_per_class.csv")
+    write_json(summary, out / "holdout.json")
+    return summary

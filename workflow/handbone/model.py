@@ -4,6 +4,7 @@ from a Hugging Face Hub cache that ``handbone fetch-weights`` fills."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import torch
 
 from .atomic import atomic_path
 from .classes import NUM_CLASSES
-from .errors import MissingWeights
+from .errors import ConfigError, DataError, MissingInput, MissingWeights
+
+log = logging.getLogger("handbone")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -22,7 +25,13 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 NNUNET = "nnUNet"
 # Its options (models.<name>.kwargs) and their defaults, nnU-Net's 2D plan:
 # features double from 32 up to 512, halving the map until it is 4 pixels.
-NNUNET_OPTIONS = {"residual": False, "deep_supervision": 0, "base_features": 32, "max_features": 512, "min_feature_map": 4}
+NNUNET_OPTIONS = {
+    "residual": False,
+    "deep_supervision": 0,
+    "base_features": 32,
+    "max_features": 512,
+    "min_feature_map": 4,
+}
 # encoder_weights strings that name a local file rather than a library's weights.
 LOCAL_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -47,7 +56,10 @@ class HubWeights:
         from huggingface_hub import try_to_load_from_cache
 
         return all(
-            any(isinstance(try_to_load_from_cache(self.repo_id, name, revision=self.revision), str) for name in alternatives)
+            any(
+                isinstance(try_to_load_from_cache(self.repo_id, name, revision=self.revision), str)
+                for name in alternatives
+            )
             for alternatives in self.files
         )
 
@@ -65,22 +77,22 @@ def library_weights(spec: dict):
     if weights in (None, False) or is_local_file(weights):
         return None
     if spec.get("arch") == NNUNET:
-        raise ValueError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
+        raise ConfigError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
     if encoder.startswith("tu-"):
         if weights is True or weights == "imagenet":
             return True
-        raise ValueError(
+        raise ConfigError(
             f"encoder_weights {weights!r} for the timm encoder {encoder}: use true (or imagenet) and name the "
             f"pretrained tag in the encoder, e.g. {encoder.split('.')[0]}.<tag> (timm.list_pretrained shows the tags)"
         )
     import segmentation_models_pytorch as smp
 
     if encoder not in smp.encoders.encoders:
-        raise ValueError(f"unknown encoder {encoder!r}")
+        raise ConfigError(f"unknown encoder {encoder!r}")
     available = list(smp.encoders.encoders[encoder]["pretrained_settings"])
     name = "imagenet" if weights is True else weights
     if name not in available:
-        raise ValueError(f"encoder {encoder} has no pretrained weights {weights!r}; available: {available}")
+        raise ConfigError(f"encoder {encoder} has no pretrained weights {weights!r}; available: {available}")
     return name
 
 
@@ -97,7 +109,7 @@ def hub_weights(spec: dict) -> HubWeights | None:
         name = encoder[3:]
         config = get_pretrained_cfg(name) if timm.is_model(name) else None
         if config is None or not config.hf_hub_id:
-            raise ValueError(f"timm encoder {name} has no pretrained weights on the Hugging Face Hub")
+            raise ConfigError(f"timm encoder {name} has no pretrained weights on the Hugging Face Hub")
         repo_id, _, revision = config.hf_hub_id.partition("@")
         filename = config.hf_hub_filename or "pytorch_model.bin"
         alternatives = (filename,) if filename.endswith(".safetensors") else ("model.safetensors", filename)
@@ -147,16 +159,20 @@ def build_nnunet(input_size: int, **options):
 
     unknown = sorted(set(options) - set(NNUNET_OPTIONS))
     if unknown:
-        raise ValueError(f"{NNUNET} has no option(s) {unknown}; its kwargs are {sorted(NNUNET_OPTIONS)}")
+        raise ConfigError(f"{NNUNET} has no option(s) {unknown}; its kwargs are {sorted(NNUNET_OPTIONS)}")
     options = {**NNUNET_OPTIONS, **options}
     min_feature_map, deep_supervision = options["min_feature_map"], int(options["deep_supervision"])
     if input_size is None:
-        raise ValueError(f"{NNUNET} is planned from the input size: build it with input_size")
+        raise ConfigError(f"{NNUNET} is planned from the input size: build it with input_size")
     pools = int(math.floor(math.log2(input_size / min_feature_map)))
     if pools < 1:
-        raise ValueError(f"{NNUNET}: input size {input_size} leaves no room for one downsampling to {min_feature_map} px")
+        raise ConfigError(
+            f"{NNUNET}: input size {input_size} leaves no room for one downsampling to {min_feature_map} px"
+        )
     if not 0 <= deep_supervision < pools:
-        raise ValueError(f"{NNUNET}: deep_supervision must be between 0 and {pools - 1} heads for input size {input_size}")
+        raise ConfigError(
+            f"{NNUNET}: deep_supervision must be between 0 and {pools - 1} heads for input size {input_size}"
+        )
     strides = [1] + [2] * pools
     return DynUNet(
         spatial_dims=2,
@@ -193,7 +209,7 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
     weights = spec.get("encoder_weights")
     if arch == NNUNET:
         if weights not in (None, False):
-            raise ValueError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
+            raise ConfigError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
         return build_nnunet(input_size, **kwargs)
 
     import segmentation_models_pytorch as smp
@@ -203,10 +219,12 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
     if pretrained is not None and constants.HF_HUB_OFFLINE:
         absent = missing_weights(spec)
         if absent:
-            raise MissingWeights(f"pretrained weights of {absent} are not in the weights cache {weights_cache_folder()}")
+            raise MissingWeights(
+                f"pretrained weights of {absent} are not in the weights cache {weights_cache_folder()}"
+            )
     if encoder and fixed_input_size(encoder) and "img_size" not in kwargs:
         if input_size is None:
-            raise ValueError(f"encoder {encoder} is built for one input size: build it with input_size")
+            raise ConfigError(f"encoder {encoder} is built for one input size: build it with input_size")
         kwargs["img_size"] = input_size
     try:
         model = smp.create_model(
@@ -216,7 +234,7 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
         reason = str(error)
         if "output_stride" in reason:
             reason = f"{arch} needs an encoder with dilated convolutions (output_stride 8 or 16), which {encoder} lacks ({error})"
-        raise ValueError(f"cannot build model {arch!r} with encoder {encoder!r}: {reason}") from None
+        raise ConfigError(f"cannot build model {arch!r} with encoder {encoder!r}: {reason}") from None
     if is_local_file(weights):
         load_encoder_file(model, Path(weights))
     return model
@@ -225,7 +243,7 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
 def load_encoder_file(model: torch.nn.Module, path: Path) -> None:
     """Encoder weights from a local state dict (.pt/.pth/.bin or .safetensors)."""
     if not path.is_file():
-        raise FileNotFoundError(f"encoder_weights {path} does not exist")
+        raise MissingInput(f"encoder_weights {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -235,7 +253,7 @@ def load_encoder_file(model: torch.nn.Module, path: Path) -> None:
     expected = model.encoder.state_dict()
     matching = [key for key, value in state.items() if key in expected and expected[key].shape == value.shape]
     if not matching:
-        raise ValueError(f"encoder_weights {path} match none of the encoder's parameters")
+        raise ConfigError(f"encoder_weights {path} match none of the encoder's parameters")
     # Some smp encoders drop their classifier keys themselves; extra keys
     # (e.g. an ImageNet head) are ignored.
     model.encoder.load_state_dict({key: state[key] for key in matching}, strict=False)
@@ -264,12 +282,14 @@ def check_model(spec: dict, input_size: int, sizes, batch_size: int = 1) -> int:
             continue  # an operation without a meta kernel: the shape cannot be checked this way
         except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as error:
             if training:
-                raise ValueError(f"cannot train on batches of {batch} (train.batch_size): {error}") from None
+                raise ConfigError(f"cannot train on batches of {batch} (train.batch_size): {error}") from None
             origin = "" if side == input_size else f" (input size {input_size} x a test-time scale, resize mode)"
-            raise ValueError(f"does not run on {side} x {side} inputs{origin}: {error}") from None
+            raise ConfigError(f"does not run on {side} x {side} inputs{origin}: {error}") from None
         # In training, deep supervision adds a head axis: (batch, heads, classes, side, side).
         if tuple(output.shape[-3:]) != (NUM_CLASSES, side, side) or output.shape[0] != batch:
-            raise ValueError(f"gives {tuple(output.shape)} for a {side} x {side} input, not ({batch}, {NUM_CLASSES}, {side}, {side})")
+            raise ConfigError(
+                f"gives {tuple(output.shape)} for a {side} x {side} input, not ({batch}, {NUM_CLASSES}, {side}, {side})"
+            )
     return parameters
 
 
@@ -298,5 +318,81 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, dict]:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        raise ValueError(f"{path}: checkpoint does not fit model {checkpoint['model']}: {error}") from None
+        raise DataError(f"{path}: checkpoint does not fit model {checkpoint['model']}: {error}") from None
     return model.to(device).eval(), checkpoint
+
+
+# What a user runs to fill the weights cache, named in the error of a run that lacks weights.
+FETCH_COMMAND = "handbone fetch-weights --configfile config.yaml [--configfile <this run's config file>]"
+
+
+def _model_sizes(options: dict, scales) -> tuple[int, list[int], int]:
+    """A model's input size, every side its network sees (the input size,
+    and in resize mode each test-time scale of it) and its batch size."""
+    from .inference import scaled_size
+
+    size = int(options["input_size"])
+    sides = [size] + ([scaled_size(size, scale) for scale in scales] if options["input_mode"] == "resize" else [])
+    return size, sides, int(options["batch_size"])
+
+
+def check_models(models: dict, options: dict, scales, out) -> dict[str, int]:
+    """``handbone check-models``: build every model once with its weights
+    and run its input sizes (``check_model``); one ConfigError names every
+    model that cannot work, and every missing pretrained weight with the
+    command that fetches it. Writes {"parameters": {model: count}} to ``out``."""
+    from . import config
+    from .atomic import write_json
+
+    problems, missing, sizes = [], [], {}
+    for name, spec in models.items():
+        try:
+            absent = missing_weights(spec)
+            if absent:
+                missing.append(f"models.{name}: {absent}")
+                continue
+            train = config.section("train", options.get(name), f"training options of models.{name}")
+            size, sides, batch_size = _model_sizes(train, scales)
+            sizes[name] = check_model(spec, size, sides, batch_size)
+        except (ValueError, FileNotFoundError) as error:  # the libraries' own errors for a bad spec, too
+            problems.append(f"models.{name}: {error}")
+    if missing:
+        problems.append(
+            f"pretrained weights missing from the weights cache {weights_cache_folder()}: {'; '.join(missing)}. "
+            f"Fetch them once on a machine with network: `{FETCH_COMMAND}`, "
+            "then copy that folder to this machine (or `dvc add` it); training reads only the cache"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
+    write_json({"parameters": sizes}, out)
+    for name, size in sizes.items():
+        log.info("models.%s builds: %.1f M parameters", name, size / 1e6)
+    return sizes
+
+
+def fetch_weights(resolved_config: dict, config_files) -> dict:
+    """``handbone fetch-weights``: download the pretrained weights of every
+    configured model into the weights cache (the hub must be online), and
+    list them in ``<cache>/handbone-fetched.json``."""
+    from . import config
+    from .atomic import write_json
+
+    fetched = {}
+    for name, spec in config.model_specs(resolved_config).items():
+        source = hub_weights(spec)
+        if source is None:
+            log.info("models.%s: no pretrained weights to fetch", name)
+            continue
+        # Building the model with its weights is the fetch: the library
+        # downloads them into the hub cache the way it always does.
+        build_model(spec, int(config.train_options(resolved_config, name)["input_size"]))
+        if not source.cached():
+            raise MissingWeights(
+                f"models.{name}: {source.describe()} was loaded but is not in {weights_cache_folder()}"
+            )
+        fetched[name] = {"encoder": spec["encoder"], "hub": source.describe()}
+        log.info("models.%s: %s in %s", name, source.describe(), weights_cache_folder())
+    write_json(
+        {"config_files": list(config_files), "models": fetched}, Path(weights_cache_folder()) / "handbone-fetched.json"
+    )
+    return fetched

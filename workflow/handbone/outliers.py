@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .classes import CLASSES
+from .errors import ConfigError
 from .pose import label_frame, to_canonical
 
 ANNOTATION_FAULTS = (
@@ -89,8 +90,7 @@ def _segments_cross(p1, p2, q1, q2) -> bool:
         return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
 
     return (
-        orientation(p1, p2, q1) * orientation(p1, p2, q2) < 0
-        and orientation(q1, q2, p1) * orientation(q1, q2, p2) < 0
+        orientation(p1, p2, q1) * orientation(p1, p2, q2) < 0 and orientation(q1, q2, p1) * orientation(q1, q2, p2) < 0
     )
 
 
@@ -190,7 +190,7 @@ def _normalised_log_area(annotation: Annotation, frame: dict | None) -> float | 
 
 def _class_pairs(features: ImageFeatures) -> set:
     pairs = set()
-    for (i, j), iou in features.overlaps.items():
+    for (i, j), _iou in features.overlaps.items():
         a, b = features.annotations[i].label, features.annotations[j].label
         if a != b:
             pairs.add(tuple(sorted((a, b))))
@@ -243,9 +243,7 @@ def detect_structure(features: ImageFeatures) -> list[tuple[str, float, str]]:
         if count < 2:
             continue
         indices = [i for i, a in enumerate(features.annotations) if a.label == label]
-        touching = any(
-            features.overlaps.get((i, j), 0) > 0 for k, i in enumerate(indices) for j in indices[k + 1 :]
-        )
+        touching = any(features.overlaps.get((i, j), 0) > 0 for k, i in enumerate(indices) for j in indices[k + 1 :])
         if touching:
             # A second polygon of a class lying on the first: an object on
             # the bone (a ring, a pin) annotated as bone.
@@ -294,20 +292,30 @@ def detect_statistical(features: ImageFeatures, stats: DatasetStats) -> list[tup
         findings.append(("label_swap", round(1 + gap, 2), "Radius<->Ulna"))
     for label, (z, distance) in deviation.items():
         if label not in swapped and z > POSITION_Z and distance > POSITION_MIN_DISTANCE:
-            findings.append(("position_outlier", round(z, 2), f"{label} {distance:.2f} hand units from its usual place"))
+            findings.append(
+                ("position_outlier", round(z, 2), f"{label} {distance:.2f} hand units from its usual place")
+            )
 
     if stats.images >= 10:
         for (i, j), iou in features.overlaps.items():
             a, b = features.annotations[i].label, features.annotations[j].label
             pair = tuple(sorted((a, b)))
-            if a != b and iou > OVERLAP_MIN_IOU and stats.pair_frequency.get(pair, 0) <= OVERLAP_MAX_FREQUENCY + 1 / stats.images:
+            if (
+                a != b
+                and iou > OVERLAP_MIN_IOU
+                and stats.pair_frequency.get(pair, 0) <= OVERLAP_MAX_FREQUENCY + 1 / stats.images
+            ):
                 findings.append(("impossible_overlap", round(iou, 3), f"{a} overlaps {b} (IoU {iou:.2f})"))
 
     if frame is not None:
         if abs(frame["wrist_bend"]) > BENT_WRIST_DEGREES:
-            findings.append(("bent_wrist", round(abs(frame["wrist_bend"]), 1), f"wrist bent {frame['wrist_bend']:.0f} degrees"))
+            findings.append(
+                ("bent_wrist", round(abs(frame["wrist_bend"]), 1), f"wrist bent {frame['wrist_bend']:.0f} degrees")
+            )
         if abs(frame["rotation"]) > ROTATED_HAND_DEGREES:
-            findings.append(("rotated_hand", round(abs(frame["rotation"]), 1), f"hand rotated {frame['rotation']:.0f} degrees"))
+            findings.append(
+                ("rotated_hand", round(abs(frame["rotation"]), 1), f"hand rotated {frame['rotation']:.0f} degrees")
+            )
     return findings
 
 
@@ -329,11 +337,11 @@ def excluded_images(outliers, train_names, exclude_reasons, exclude=(), include=
     """
     unknown = set(exclude_reasons) - set(REASONS)
     if unknown:
-        raise ValueError(f"unknown outlier reason(s) {sorted(unknown)}; known: {list(REASONS)}")
+        raise ConfigError(f"unknown outlier reason(s) {sorted(unknown)}; known: {list(REASONS)}")
     names = set(train_names)
     for listed in list(exclude) + list(include):
         if listed not in names:
-            raise ValueError(f"outliers include/exclude list names {listed!r}, which is not a training image")
+            raise ConfigError(f"outliers include/exclude list names {listed!r}, which is not a training image")
     why: dict[str, list] = {}
     for row in outliers:
         if row["reason"] in exclude_reasons:

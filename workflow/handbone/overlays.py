@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_image
+from .errors import MissingInput
 from .postprocess import PostprocessParams, class_mask
 
 
@@ -63,6 +64,21 @@ def _legend(height: int, present: np.ndarray) -> np.ndarray:
         cv2.rectangle(legend, (6, y - int(step * 0.35)), (20, y + int(step * 0.25)), colour, -1)
         cv2.putText(legend, name, (26, y + int(step * 0.2)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
     return legend
+
+
+def overlay_items(images: list[tuple[str, Path]], map_dirs: list) -> list[tuple[str, Path, list[Path]]]:
+    """(image name, image path, its map in each of ``map_dirs``) for
+    ``write_overlays``; an image without a map in every folder is an error."""
+    from .probmaps import map_filename
+
+    items = []
+    for name, path in images:
+        map_paths = [Path(directory) / map_filename(name) for directory in map_dirs]
+        missing = [str(map_path) for map_path in map_paths if not map_path.is_file()]
+        if missing:
+            raise MissingInput(f"no probability map for {name}: {', '.join(missing)}")
+        items.append((name, path, map_paths))
+    return items
 
 
 def write_overlays(

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .classes import NUM_CLASSES
+from .errors import DataError
 
 
 @dataclass
@@ -24,17 +25,23 @@ class PostprocessParams:
     largest: list[bool]  # per class: keep only the largest component
 
     @classmethod
-    def plain(cls, threshold: float = 0.5) -> "PostprocessParams":
-        """One threshold for every class, nothing removed."""
+    def plain(cls, threshold: float | None = None) -> PostprocessParams:
+        """One threshold for every class (default: postprocess.threshold of
+        config.yaml), nothing removed."""
+        if threshold is None:
+            from . import config
+
+            threshold = config.default("postprocess.threshold")
         return cls([float(threshold)] * NUM_CLASSES, [0] * NUM_CLASSES, [False] * NUM_CLASSES)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PostprocessParams":
+    def load(cls, path: str | Path) -> PostprocessParams:
+        """The frozen post-processing written by ``handbone fit-postprocess``."""
         document = json.loads(Path(path).read_text())
         params = cls(document["thresholds"], document["min_area"], document["largest"])
         for name, values in asdict(params).items():
             if len(values) != NUM_CLASSES:
-                raise ValueError(f"{path}: '{name}' has {len(values)} values, expected {NUM_CLASSES}")
+                raise DataError(f"{path}: '{name}' has {len(values)} values, expected {NUM_CLASSES}")
         return params
 
     def to_dict(self) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
@@ -79,17 +78,18 @@ def predict_images(
     out_dir: str | Path,
     preprocess_options: dict,
     device,
-    hflip: bool = True,
+    hflip: bool | None = None,
     progress: bool = True,
-    scales=(1.0,),
-    overlap: float = 0.5,
-    batch_size: int = 4,
+    scales=None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     description: str = "predict",
 ) -> Path:
     """Write one map per image (``probmaps.map_filename``): the mean of the
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
     multi-scale TTA over ``scales`` (see inference.predict_probabilities).
-    The folder appears only when every map is written."""
+    Options left out take config.yaml's predict values. The folder appears
+    only when every map is written."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     groups = load_model_groups(checkpoints, device)
     filenames = [probmaps.map_filename(name) for name, _ in images]
@@ -97,10 +97,21 @@ def predict_images(
     if shared:
         names = [name for (name, _), filename in zip(images, filenames) if filename in shared]
         raise DataError(f"images {names[:6]} would share map file names {shared[:3]} in {out_dir}")
-    options = {"hflip": hflip, "scales": scales, "overlap": overlap, "batch_size": batch_size}
+    given = {
+        "hflip": hflip,
+        "scales": None if scales is None else list(scales),
+        "overlap": overlap,
+        "batch_size": batch_size,
+    }
+    predict_options = config.section(
+        "predict", {key: value for key, value in given.items() if value is not None}, "predict options"
+    )
+    options = {key: predict_options[key] for key in given}
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
-        for (name, path), filename in tqdm(zip(images, filenames), total=len(images), desc=description, disable=not progress):
+        for (name, path), filename in tqdm(
+            zip(images, filenames), total=len(images), desc=description, disable=not progress
+        ):
             image = preprocess(read_image(path), preprocess_options)
             probmaps.save(staging / filename, mean_probabilities(groups, image, device, **options), name)
     return Path(out_dir)

@@ -87,7 +87,11 @@ def save_crops(path: str | Path, shape, boxes, crops, image_name: str) -> None:
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.savez_compressed(
-                handle, shape=np.array(shape, dtype=np.int64), boxes=stored_boxes, image_name=np.array(image_name), **arrays
+                handle,
+                shape=np.array(shape, dtype=np.int64),
+                boxes=stored_boxes,
+                image_name=np.array(image_name),
+                **arrays,
             )
 
 

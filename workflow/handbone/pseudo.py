@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from . import config
 from .atomic import atomic_path
+from .cache import write_entry
 from .classes import CLASSES
 from .data import read_image, read_index
+from .errors import ConfigError, DataError
+from .masks import pack_mask
 from .metrics import SMOOTH
 from .predict import load_model_groups, mean_probabilities
-from .cache import write_entry
-from .masks import pack_mask
 from .preprocess import preprocess
 
 log = logging.getLogger("handbone")
@@ -47,7 +48,7 @@ log = logging.getLogger("handbone")
 
 def _check_pixel_confidence(pixel_confidence: float) -> None:
     if not 0.5 < pixel_confidence <= 1.0:
-        raise ValueError(f"pixel confidence must be in (0.5, 1], got {pixel_confidence}")
+        raise ConfigError(f"pixel confidence must be in (0.5, 1], got {pixel_confidence}")
 
 
 def class_confidence(probabilities: np.ndarray) -> np.ndarray:
@@ -95,10 +96,10 @@ def write_pseudo_labels(
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     _check_pixel_confidence(pixel_confidence)
     if not 0.0 <= confidence <= 1.0:
-        raise ValueError(f"confidence must be in [0, 1], got {confidence}")
+        raise ConfigError(f"confidence must be in [0, 1], got {confidence}")
     test = read_index(index_path, "test")
     if test.empty:
-        raise ValueError(f"{index_path} lists no test image to pseudo-label")
+        raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device)
     rows, kept = [], []
     with atomic_path(out_dir) as staging:
@@ -109,23 +110,43 @@ def write_pseudo_labels(
             per_class = class_confidence(probabilities)
             score = float(per_class.mean())
             mask, uncertain = pseudo_label(probabilities, pixel_confidence)
-            rows.append({
-                "image_name": row["image_name"], "person_id": row["person_id"], "confidence": score,
-                "kept": score >= confidence, "weakest_class": CLASSES[int(np.argmin(per_class))],
-                "weakest_class_confidence": float(per_class.min()),
-                "uncertain_pixels": int(uncertain.any(axis=0).sum()),
-            })
+            rows.append(
+                {
+                    "image_name": row["image_name"],
+                    "person_id": row["person_id"],
+                    "confidence": score,
+                    "kept": score >= confidence,
+                    "weakest_class": CLASSES[int(np.argmin(per_class))],
+                    "weakest_class_confidence": float(per_class.min()),
+                    "uncertain_pixels": int(uncertain.any(axis=0).sum()),
+                }
+            )
             if score < confidence:
                 continue
             packed = pack_pseudo_mask(mask, uncertain if ignore_uncertain else None)
             kept.append({**write_entry(staging, row, image, packed), "person_id": row["person_id"]})
         table = pd.DataFrame(rows)
         table.to_csv(staging / "confidence.csv", index=False, float_format="%.6f")
-        columns = ["image_name", "stem", "person_id", "height", "width", "image_path", "label_path", "image_crc", "mask_crc"]
+        columns = [
+            "image_name",
+            "stem",
+            "person_id",
+            "height",
+            "width",
+            "image_path",
+            "label_path",
+            "image_crc",
+            "mask_crc",
+        ]
         pd.DataFrame(kept, columns=columns).to_csv(staging / "cache.csv", index=False)
-    log.info("%d of %d test images confident enough (>= %.3f) to train on -> %s",
-             len(kept), len(test), confidence, out_dir)
+    log.info(
+        "%d of %d test images confident enough (>= %.3f) to train on -> %s", len(kept), len(test), confidence, out_dir
+    )
     if not kept:
-        log.warning("no test image reached confidence %.3f (the best: %.3f); this fold of the next round trains on "
-                    "real images only: lower pseudo_label.confidence to use some", confidence, table["confidence"].max())
+        log.warning(
+            "no test image reached confidence %.3f (the best: %.3f); this fold of the next round trains on "
+            "real images only: lower pseudo_label.confidence to use some",
+            confidence,
+            table["confidence"].max(),
+        )
     return table

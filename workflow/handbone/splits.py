@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from .outliers import BENT_WRIST_DEGREES, ROTATED_HAND_DEGREES
+from .atomic import write_table
+from .data import read_index
+from .errors import ConfigError
+from .outliers import BENT_WRIST_DEGREES, ROTATED_HAND_DEGREES, excluded_images
+
+log = logging.getLogger("handbone")
 
 
 def pose_strata(image_stats: pd.DataFrame) -> pd.Series:
@@ -27,9 +34,9 @@ def make_folds(index: pd.DataFrame, folds: int, strata: pd.Series | None = None)
     train = index[index["split"] == "train"].reset_index(drop=True)
     people = train["person_id"].nunique()
     if folds < 2:
-        raise ValueError(f"cv.folds must be at least 2, got {folds}")
+        raise ConfigError(f"cv.folds must be at least 2, got {folds}")
     if people < folds:
-        raise ValueError(f"cv.folds is {folds} but the training set has only {people} people; lower cv.folds")
+        raise ConfigError(f"cv.folds is {folds} but the training set has only {people} people; lower cv.folds")
     table = train[["image_name", "person_id"]].copy()
     table["fold"] = -1
     if strata is None:
@@ -39,4 +46,44 @@ def make_folds(index: pd.DataFrame, folds: int, strata: pd.Series | None = None)
         splits = StratifiedGroupKFold(n_splits=folds).split(table, labels, groups=table["person_id"])
     for fold, (_, validation) in enumerate(splits):
         table.loc[validation, "fold"] = fold
+    return table
+
+
+def write_folds(
+    index_path,
+    out,
+    folds: int,
+    stratify: str = "none",
+    image_stats=None,
+    outliers=None,
+    exclude_reasons=(),
+    exclude=(),
+    include=(),
+    excluded_out=None,
+) -> pd.DataFrame:
+    """``handbone split``: the folds table (data.FOLD_COLUMNS) of the
+    training images, with the images that the outlier findings (and the
+    explicit lists) leave out of training and validation marked, and
+    optionally those alone in ``excluded_out``."""
+    if stratify == "pose" and not image_stats:
+        raise ConfigError("cv.stratify pose needs the EDA's image_stats.csv (--image-stats)")
+    strata = pose_strata(pd.read_csv(image_stats)) if stratify == "pose" else None
+    table = make_folds(read_index(index_path), folds, strata)
+    excluded = {}
+    if outliers:
+        findings = pd.read_csv(outliers, keep_default_na=False).to_dict("records")
+        excluded = excluded_images(findings, table["image_name"], exclude_reasons, exclude, include)
+    table["excluded"] = table["image_name"].isin(list(excluded))
+    table["exclusion_reason"] = table["image_name"].map(excluded).fillna("")
+    write_table(table, out, float_format=None)
+    if excluded_out:
+        write_table(table[table["excluded"]].drop(columns="excluded"), excluded_out, float_format=None)
+    log.info(
+        "%d folds over %d people -> %s; %d of %d training images excluded",
+        folds,
+        table["person_id"].nunique(),
+        out,
+        len(excluded),
+        len(table),
+    )
     return table

@@ -1,15 +1,23 @@
-"""Writing and validating the submission CSV (``image_name,class,rle``)."""
+"""Writing and validating the submission CSV (``image_name,class,rle``):
+post-processing every test image's map into run-length encoded masks."""
 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from . import rle
+from . import probmaps, rle
+from .atomic import atomic_path
 from .classes import CLASSES
-from .errors import SubmissionError
+from .data import read_index
+from .ensemble import in_parallel
+from .errors import MissingInput, SubmissionError
+from .postprocess import PostprocessParams, class_mask
+
+log = logging.getLogger("handbone")
 
 COLUMNS = ["image_name", "class", "rle"]
 
@@ -79,3 +87,51 @@ class SubmissionWriter:
         if len(rles) != len(CLASSES):
             raise ValueError(f"{image_name}: {len(rles)} RLE strings, expected {len(CLASSES)}")
         self._writer.writerows([image_name, class_name, text] for class_name, text in zip(CLASSES, rles))
+
+
+def image_rles(path: str | Path, params: PostprocessParams) -> list[str]:
+    """The 29 RLE strings of one image's map after post-processing."""
+    (_, _, width), boxes, crops = probmaps.load_crops(path)
+    return [
+        rle.encode_box(class_mask(crop, number, params), int(box[0]), int(box[2]), width) if crop.size else ""
+        for number, (box, crop) in enumerate(zip(boxes, crops))
+    ]
+
+
+def write_submission(
+    prob_dir: str | Path,
+    index_path: str | Path,
+    out: str | Path,
+    params: PostprocessParams,
+    progress: bool = True,
+    workers: int = 1,
+) -> Path:
+    """Post-process every test image's map and write ``image_name,class,rle``.
+
+    Images come in the index's order; a test image without a map is an error.
+    """
+    prob_dir = Path(prob_dir)
+    names = list(read_index(index_path, "test")["image_name"])
+    paths = [prob_dir / probmaps.map_filename(name) for name in names]
+    missing = [f"{name} ({path})" for name, path in zip(names, paths) if not path.is_file()]
+    if missing:
+        raise MissingInput(f"no probability map for {len(missing)} test image(s), e.g. {missing[:3]}")
+    with atomic_path(out) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = SubmissionWriter(handle)
+            rles = in_parallel(lambda path: image_rles(path, params), paths, workers, "submission", progress)
+            for name, image_rle in zip(names, rles):
+                writer.write_rles(name, image_rle)
+    return Path(out)
+
+
+def validate_for_index(path: str | Path, index_path: str | Path | None = None) -> int:
+    """``validate``, with the test images' sizes from the index CSV when given;
+    logs and returns the number of images."""
+    sizes = None
+    if index_path:
+        test = read_index(index_path, "test")
+        sizes = {name: (int(h), int(w)) for name, h, w in zip(test["image_name"], test["height"], test["width"])}
+    images = validate(path, sizes)
+    log.info("%s is a valid submission (%d images, %d rows)", path, images, images * len(CLASSES))
+    return images

@@ -31,8 +31,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import config
 from .atomic import atomic_path
 from .classes import CLASSES
+from .errors import ConfigError
 
 # Per ray: metacarpal base (x, y), metacarpal direction in degrees from
 # "straight up" (positive towards the little finger), extra fan-out angle
@@ -83,18 +85,22 @@ FAULTS = ("ring_annotated", "swapped_labels", "wrong_polygon")
 SWAP_PAIRS = (("Radius", "Ulna"), ("Trapezium", "Hamate"), ("finger-8", "finger-12"), ("finger-7", "finger-11"))
 
 
+_DEFAULTS = config.default("synthetic")
+
+
 @dataclass
 class SyntheticConfig:
-    """Options of the generator (the ``synthetic`` section of config.yaml)."""
+    """Options of the generator: the ``synthetic`` section of config.yaml,
+    which holds their defaults."""
 
-    train_people: int = 16
-    test_people: int = 4
-    image_size: int = 384
-    seed: int = 0
-    artifact_rate: float = 0.15
-    fault_rate: float = 0.1
-    bent_wrist_rate_train: float = 0.1
-    bent_wrist_rate_test: float = 0.3
+    train_people: int = _DEFAULTS["train_people"]
+    test_people: int = _DEFAULTS["test_people"]
+    image_size: int = _DEFAULTS["image_size"]
+    seed: int = _DEFAULTS["seed"]
+    artifact_rate: float = _DEFAULTS["artifact_rate"]
+    fault_rate: float = _DEFAULTS["fault_rate"]
+    bent_wrist_rate_train: float = _DEFAULTS["bent_wrist_rate_train"]
+    bent_wrist_rate_test: float = _DEFAULTS["bent_wrist_rate_test"]
 
 
 @dataclass
@@ -132,9 +138,7 @@ def long_bone(start, end, widths, points_per_side: int = 14) -> np.ndarray:
     base, shaft, head = widths
     t = np.linspace(0.0, 1.0, points_per_side)
     width = (
-        shaft
-        + (base - shaft) * np.clip(1 - t / 0.3, 0, 1) ** 2
-        + (head - shaft) * np.clip((t - 0.7) / 0.3, 0, 1) ** 2
+        shaft + (base - shaft) * np.clip(1 - t / 0.3, 0, 1) ** 2 + (head - shaft) * np.clip((t - 0.7) / 0.3, 0, 1) ** 2
     )
     centre = start + t[:, None] * axis
     left = centre + normal * (width[:, None] / 2)
@@ -143,9 +147,7 @@ def long_bone(start, end, widths, points_per_side: int = 14) -> np.ndarray:
 
     def cap(point, half_width, outward):
         depth = 0.45 * half_width
-        return np.array(
-            [point + normal * half_width * math.cos(a) + outward * depth * math.sin(a) for a in arc]
-        )
+        return np.array([point + normal * half_width * math.cos(a) + outward * depth * math.sin(a) for a in arc])
 
     head_cap = cap(end, head / 2, along)
     base_cap = cap(start, base / 2, -along)[::-1]
@@ -191,7 +193,9 @@ def build_hand(person: Person, rng: np.random.Generator, wrist_bend: float) -> H
     for ray, spec in RAYS.items():
         direction_degrees = spec["angle"] + rng.normal(0, 1.0)
         start = np.asarray(spec["base"]) + rng.normal(0, 0.003, size=2)
-        kinds = ("metacarpal", "proximal", "distal") if ray == "thumb" else ("metacarpal", "proximal", "middle", "distal")
+        kinds = (
+            ("metacarpal", "proximal", "distal") if ray == "thumb" else ("metacarpal", "proximal", "middle", "distal")
+        )
         segments = []
         for number, (label, kind, length) in enumerate(zip(RAY_CLASSES[ray], kinds, spec["lengths"])):
             if number == 1:
@@ -383,7 +387,9 @@ def _pin(hand: Hand, pose: Pose, rng) -> np.ndarray:
     return pose.apply(np.array([a + normal * 0.004, b + normal * 0.004, b - normal * 0.004, a - normal * 0.004]))
 
 
-def generate_image(person: Person, rng, size: int, mirror: bool, bent_wrist_rate: float, artifact_rate: float, fault_rate: float):
+def generate_image(
+    person: Person, rng, size: int, mirror: bool, bent_wrist_rate: float, artifact_rate: float, fault_rate: float
+):
     """One hand: the image, the correct annotations, the annotations as they
     are written into the training labels (with faults) and the manifest rows."""
     bend = rng.normal(0, 4)
@@ -458,9 +464,9 @@ def generate(out: str | Path, config: SyntheticConfig, progress: bool = True) ->
     the seed and the person's number, not on how many people are generated.
     """
     if config.image_size < 64:
-        raise ValueError(f"synthetic image_size must be at least 64, got {config.image_size}")
+        raise ConfigError(f"synthetic image_size must be at least 64, got {config.image_size}")
     if config.train_people < 1 or config.test_people < 1:
-        raise ValueError("synthetic train_people and test_people must be at least 1")
+        raise ConfigError("synthetic train_people and test_people must be at least 1")
     out = Path(out)
     with atomic_path(out) as staging:
         manifest = []

@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import config
 from .atomic import atomic_path
+from .cache import CacheEntry, verify_cache
 from .classes import CLASSES
 from .data import read_folds
+from .errors import ConfigError, DataError
 from .inference import predict_probabilities
+from .masks import IGNORE, unpack_mask_batch
 from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_network_input
-from .cache import CacheEntry, verify_cache
-from .masks import IGNORE, unpack_mask_batch
 
 log = logging.getLogger("handbone")
+
 
 def augmentations(size: int, mode: str, options: dict, seed: int) -> A.Compose:
     """The albumentations pipeline of one training sample.
@@ -35,14 +38,19 @@ def augmentations(size: int, mode: str, options: dict, seed: int) -> A.Compose:
     full-resolution window of that size (see CachedImages). Then mild flips,
     affine moves and brightness/contrast changes.
     """
-    steps = [A.Resize(size, size, interpolation=3, mask_interpolation=0)] if mode == "resize" else []  # INTER_AREA / nearest
+    steps = (
+        [A.Resize(size, size, interpolation=3, mask_interpolation=0)] if mode == "resize" else []
+    )  # INTER_AREA / nearest
     if options["hflip"] > 0:
         steps.append(A.HorizontalFlip(p=options["hflip"]))
     if options["affine"] > 0:
         scale, shift, rotate = options["scale"], options["shift"], options["rotate"]
         steps.append(
             A.Affine(
-                scale=(1 - scale, 1 + scale), translate_percent=(-shift, shift), rotate=(-rotate, rotate), p=options["affine"]
+                scale=(1 - scale, 1 + scale),
+                translate_percent=(-shift, shift),
+                rotate=(-rotate, rotate),
+                p=options["affine"],
             )
         )
     if options["brightness_contrast"] > 0:
@@ -118,12 +126,14 @@ def make_loss(weights: dict, ignore_index: int | None = None):
     }
     unknown = set(weights) - set(factories)
     if unknown:
-        raise ValueError(f"unknown loss(es) {sorted(unknown)}; known: {sorted(factories)}")
+        raise ConfigError(f"unknown loss(es) {sorted(unknown)}; known: {sorted(factories)}")
     if ignore_index is not None and weights.get("focal"):
         # Its multilabel ignore_index indexes each class with the mask of
         # all classes and fails.
-        raise ValueError("the focal loss of segmentation-models-pytorch cannot ignore pixels in multilabel mode: "
-                         "drop train.loss.focal or set pseudo_label.ignore_uncertain to false")
+        raise ConfigError(
+            "the focal loss of segmentation-models-pytorch cannot ignore pixels in multilabel mode: "
+            "drop train.loss.focal or set pseudo_label.ignore_uncertain to false"
+        )
     parts = [(float(weight), factories[name]()) for name, weight in weights.items() if weight]
 
     def loss(logits, target):
@@ -175,7 +185,7 @@ def fold_images(folds: pd.DataFrame, fold: int, pseudo: pd.DataFrame | None = No
     person is in both parts even when test and training people overlap.
     """
     if fold not in set(folds["fold"]):
-        raise ValueError(f"fold {fold} is not in the folds table (folds: {sorted(set(folds['fold']))})")
+        raise DataError(f"fold {fold} is not in the folds table (folds: {sorted(set(folds['fold']))})")
     usable = folds[~folds["excluded"]] if "excluded" in folds else folds
     train_stems = [Path(name).stem for name in usable.loc[usable["fold"] != fold, "image_name"]]
     val_stems = [Path(name).stem for name in usable.loc[usable["fold"] == fold, "image_name"]]
@@ -184,13 +194,295 @@ def fold_images(folds: pd.DataFrame, fold: int, pseudo: pd.DataFrame | None = No
         validation_people = set(folds.loc[folds["fold"] == fold, "person_id"].astype(str))
         clash = pseudo["person_id"].astype(str).isin(validation_people)
         if clash.any():
-            log.warning("fold %d: %d pseudo-labelled image(s) of people in its validation part left out: %s",
-                        fold, int(clash.sum()), list(pseudo.loc[clash, "image_name"])[:5])
+            log.warning(
+                "fold %d: %d pseudo-labelled image(s) of people in its validation part left out: %s",
+                fold,
+                int(clash.sum()),
+                list(pseudo.loc[clash, "image_name"])[:5],
+            )
         pseudo_stems = list(pseudo.loc[~clash, "stem"].astype(str))
         shared = set(pseudo_stems) & (set(train_stems) | set(val_stems))
         if shared:
-            raise ValueError(f"pseudo-labelled images share names with training images: {sorted(shared)[:3]}")
+            raise DataError(f"pseudo-labelled images share names with training images: {sorted(shared)[:3]}")
     return train_stems, val_stems, pseudo_stems
+
+
+@dataclass
+class FoldData:
+    """A fold's images (stems) and where their verified cache entries are."""
+
+    train: list[str]
+    val: list[str]
+    pseudo: list[str]
+    locations: dict[str, Path]
+    pseudo_crcs: list[list[int | str]]
+
+
+def load_fold_data(cache_dir: Path, folds_path, fold: int, out_dir: Path, pseudo_dir=None) -> FoldData:
+    """The images of ``fold`` (``fold_images``), every cache entry checked
+    once; a damaged one is rebuilt into ``out_dir``, never trained on."""
+    folds = read_folds(folds_path, fold)
+    pseudo = None
+    if pseudo_dir is not None:
+        pseudo = pd.read_csv(
+            Path(pseudo_dir) / "cache.csv", dtype={"person_id": str, "stem": str}, keep_default_na=False
+        )
+    train_stems, val_stems, pseudo_stems = fold_images(folds, fold, pseudo)
+    if not train_stems or not val_stems:
+        raise DataError(f"fold {fold} of {folds_path} leaves no training or no validation images after exclusions")
+
+    locations = verify_cache(cache_dir, train_stems + val_stems, out_dir / "rebuilt_cache")
+    pseudo_crcs = []
+    if pseudo_stems:
+        locations.update(verify_cache(pseudo_dir, pseudo_stems, out_dir / "rebuilt_cache"))
+        crcs = pseudo.set_index("stem").loc[pseudo_stems, ["image_crc", "mask_crc"]]
+        pseudo_crcs = [[stem, int(image), int(mask)] for stem, (image, mask) in zip(pseudo_stems, crcs.to_numpy())]
+        log.info("fold %d: %d real and %d pseudo-labelled training images", fold, len(train_stems), len(pseudo_stems))
+    return FoldData(train_stems, val_stems, pseudo_stems, locations, pseudo_crcs)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, generator: torch.Generator) -> DataLoader:
+    """Shuffled full batches; ``generator`` (reseeded every epoch) orders them."""
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> SequentialLR:
+    """Per optimiser step: linear warm-up from lr / warmup_steps to lr over
+    ``warmup_steps`` steps (factor (step + 1) / warmup_steps), then a half
+    cosine from lr to 0 over the remaining steps (at least one).
+
+    With ``warmup_steps`` = 0 the cosine starts at once; warm-up longer than
+    the run never reaches it. The library's recursive updates match the
+    closed formula up to floating-point rounding (tests/test_train.py)."""
+    schedules, milestones = [], []
+    if warmup_steps:
+        # total_iters=1 for a one-step warm-up: its factor is 1 from the start.
+        start = 1.0 / warmup_steps
+        schedules.append(LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(1, warmup_steps - 1)))
+        milestones.append(warmup_steps)
+    schedules.append(CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=0.0))
+    return SequentialLR(optimizer, schedules, milestones)
+
+
+class Trainer:
+    """One fold's training, in small hooks (after nnU-Net v2's trainer):
+    ``build_*`` make the parts, ``train_epoch`` / ``train_step`` /
+    ``optimiser_step`` train, ``validate`` keeps the best weights,
+    ``save_last`` / ``resume`` checkpoint, ``write_outputs`` finishes.
+    A new loss changes ``build_loss``, EMA weights ``optimiser_step`` and
+    ``validate``; the rest stays."""
+
+    def __init__(
+        self, data: FoldData, model_spec: dict, options: dict, fold: int, out_dir: Path, device, workers: int = 0
+    ):
+        self.data, self.model_spec, self.options, self.fold = data, model_spec, options, fold
+        self.out_dir, self.device, self.use_amp = out_dir, device, device.type == "cuda"
+        self.mode, self.size = options["input_mode"], int(options["input_size"])
+        self.epochs, self.accumulate = int(options["epochs"]), max(1, int(options["accumulate"]))
+        self.seed = int(options["seed"]) + 1000 * fold
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / ".best.pt"
+        seed_everything(self.seed)  # the initial weights
+        self.model = self.build_model()
+        self.build_data(workers)
+        self.loss_fn = self.build_loss()
+        self.build_optimisation()
+        self.fingerprint = _fingerprint(model_spec, options, fold, data.train, data.val, data.pseudo_crcs)
+        self.state = {
+            "epoch": 0,
+            "history": [],
+            "best": -1.0,
+            "best_epoch": -1,
+            "since_best": 0,
+            "best_per_class": None,
+        }
+
+    # -- parts -----------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.model_spec, self.size).to(self.device)
+
+    def build_data(self, workers: int) -> None:
+        """Augmentations, dataset (real + pseudo-labelled) and loader."""
+        self.transform = augmentations(self.size, self.mode, self.options["augment"], self.seed)
+        stems = self.data.train + self.data.pseudo
+        self.dataset = CachedImages(self.data.locations, stems, self.transform, self.mode, self.size)
+        self.generator = torch.Generator()
+        self.loader = make_loader(self.dataset, int(self.options["batch_size"]), workers, self.generator)
+
+    def build_loss(self):
+        """Pseudo-labels with ignore bits (more than 4 mask bytes) leave their uncertain pixels out."""
+        return make_loss(self.options["loss"], IGNORE if self.dataset.mask_bytes > 4 else None)
+
+    def build_optimisation(self) -> None:
+        """AdamW, its per-update schedule and the AMP gradient scaler."""
+        options = self.options
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=float(options["lr"]), weight_decay=float(options["weight_decay"])
+        )
+        updates_per_epoch = max(1, len(self.loader) // self.accumulate)
+        warmup = int(options["warmup_epochs"]) * updates_per_epoch
+        self.scheduler = make_scheduler(self.optimizer, warmup, self.epochs * updates_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    # -- checkpoint and resume -------------------------------------------
+    def training_state(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": self.state,
+        }
+
+    def save_last(self) -> None:
+        with atomic_path(self.last_path) as temporary:
+            torch.save(self.training_state(), temporary)
+
+    def resumable(self, saved: dict) -> bool:
+        """Made by the same model, options and images, with this schedule
+        (an older last.pt of a LambdaLR schedule starts over), and the best
+        weights so far still there if it has validated."""
+        validated = saved.get("state", {}).get("best_epoch", -1) >= 0
+        same_schedule = "_schedulers" in saved.get("scheduler", {})
+        best_kept = self.best_path.is_file() or not validated
+        return saved.get("fingerprint") == self.fingerprint and same_schedule and best_kept
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` after its last finished epoch, if it fits."""
+        if not self.last_path.is_file():
+            return False
+        saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        if not self.resumable(saved):
+            log.info("%s was made by other settings or images; starting over", self.last_path)
+            return False
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = saved["state"]
+        log.info(
+            "resuming fold %d after epoch %d of %d (%s)", self.fold, self.state["epoch"], self.epochs, self.last_path
+        )
+        return True
+
+    # -- training --------------------------------------------------------
+    def reseed(self, epoch: int) -> None:
+        """Reseeding per epoch makes an epoch's batches and augmentations
+        independent of earlier epochs, so a resumed run repeats them."""
+        seed_everything(self.seed + epoch)
+        self.generator.manual_seed(self.seed + epoch)
+        self.transform.set_random_seed(self.seed + epoch)
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the loader; the epoch's history row."""
+        self.reseed(epoch)
+        self.model.train()
+        losses = []
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, (images, masks) in enumerate(self.loader, start=1):
+            losses.append(self.train_step(images, masks))
+            if step % self.accumulate == 0:
+                self.optimiser_step()
+        return {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": self.scheduler.get_last_lr()[0]}
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+        """Forward and backward of one batch (uint8 images, packed masks); its loss."""
+        images = to_network_input(images.to(self.device, non_blocking=True))
+        masks = unpack_mask_batch(masks.to(self.device, non_blocking=True))
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = self.loss_fn(self.model(images), masks)
+        self.scaler.scale(loss / self.accumulate).backward()
+        return loss.item()
+
+    def optimiser_step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- validation and early stop ---------------------------------------
+    def validates(self, epoch: int) -> bool:
+        return epoch % int(self.options["val_every"]) == 0 or epoch == self.epochs
+
+    def validate(self, epoch: int) -> float:
+        """Mean validation Dice; a new best is saved to ``.best.pt``."""
+        per_image = evaluate(self.model, self.data.locations, self.data.val, self.size, self.mode, self.device)
+        dice = float(per_image.mean(axis=0).mean())
+        if dice > self.state["best"]:
+            self.state.update(best=dice, best_epoch=epoch, since_best=0)
+            self.state["best_per_class"] = [float(value) for value in per_image.mean(axis=0)]
+            meta = {"model": self.model_spec, "input_size": self.size, "input_mode": self.mode, "fold": self.fold}
+            save_checkpoint(self.best_path, self.model, {**meta, "epoch": epoch, "val_dice": dice})
+        else:
+            self.state["since_best"] += 1
+        return dice
+
+    def should_stop(self) -> bool:
+        patience = self.options["patience"]
+        return bool(patience) and self.state["since_best"] >= int(patience)
+
+    def log_epoch(self, row: dict) -> None:
+        best = self.state["best"]
+        validation = f", validation Dice {row['val_dice']:.4f} (best {best:.4f})" if "val_dice" in row else ""
+        log.info(
+            "epoch %d/%d: train loss %.4f, lr %.2e%s",
+            row["epoch"],
+            self.epochs,
+            row["train_loss"],
+            row["lr"],
+            validation,
+        )
+
+    def fit(self, progress: bool = True) -> None:
+        """The remaining epochs; ``last.pt`` after each."""
+        bar = tqdm(
+            range(self.state["epoch"] + 1, self.epochs + 1), desc=f"train fold {self.fold}", disable=not progress
+        )
+        for epoch in bar:
+            row = self.train_epoch(epoch)
+            if self.validates(epoch):
+                row["val_dice"] = self.validate(epoch)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{row['val_dice']:.4f}")
+            self.log_epoch(row)
+            self.state["history"].append(row)
+            self.state["epoch"] = epoch
+            self.save_last()
+            if self.should_stop():
+                log.info("early stop after epoch %d: no improvement in %d validations", epoch, self.options["patience"])
+                break
+
+    # -- outputs ---------------------------------------------------------
+    def write_outputs(self, seconds: float) -> dict:
+        """history.csv, metrics.json, then model.pt (last: its presence
+        means done); ``last.pt`` goes. Returns the metrics."""
+        state, data = self.state, self.data
+        pd.DataFrame(state["history"]).to_csv(self.out_dir / "history.csv", index=False)
+        metrics = {
+            "model": self.model_spec,
+            "fold": self.fold,
+            "best_epoch": state["best_epoch"],
+            "val_dice": state["best"],
+            "val_dice_per_class": dict(zip(CLASSES, state["best_per_class"])),
+            "train_images": len(data.train),
+            "pseudo_labelled_images": len(data.pseudo),
+            "val_images": len(data.val),
+            "epochs_run": state["epoch"],
+            "seconds_this_run": round(seconds, 1),
+            "device": str(self.device),
+        }
+        with atomic_path(self.out_dir / "metrics.json") as temporary:
+            temporary.write_text(json.dumps(metrics, indent=2))
+        self.best_path.replace(self.out_dir / "model.pt")
+        self.last_path.unlink()
+        return metrics
 
 
 def train_fold(
@@ -218,149 +510,14 @@ def train_fold(
     job rerun with the same model, options and images continues after the
     last finished epoch, and ends with the same weights as an uninterrupted
     run on the CPU (every epoch reseeds all random generators).
+    The steps are ``Trainer``'s methods.
     """
     options = config.section("train", options, "train options")
-    mode = options["input_mode"]
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folds = read_folds(folds_path, fold)
-    pseudo = None
-    if pseudo_dir is not None:
-        pseudo = pd.read_csv(Path(pseudo_dir) / "cache.csv", dtype={"person_id": str, "stem": str}, keep_default_na=False)
-    train_stems, val_stems, pseudo_stems = fold_images(folds, fold, pseudo)
-    if not train_stems or not val_stems:
-        raise ValueError(f"fold {fold} of {folds_path} leaves no training or no validation images after exclusions")
-
-    # Every entry is checked once; a damaged one is rebuilt, never trained on.
-    locations = verify_cache(cache_dir, train_stems + val_stems, out_dir / "rebuilt_cache")
-    pseudo_crcs = []
-    if pseudo_stems:
-        locations.update(verify_cache(pseudo_dir, pseudo_stems, out_dir / "rebuilt_cache"))
-        crcs = pseudo.set_index("stem").loc[pseudo_stems, ["image_crc", "mask_crc"]]
-        pseudo_crcs = [[stem, int(image), int(mask)] for stem, (image, mask) in zip(pseudo_stems, crcs.to_numpy())]
-        log.info("fold %d: %d real and %d pseudo-labelled training images", fold, len(train_stems), len(pseudo_stems))
-
-    seed = int(options["seed"]) + 1000 * fold
-    seed_everything(seed)
-    size = int(options["input_size"])
-    model = build_model(model_spec, size).to(device)
-    transform = augmentations(size, mode, options["augment"], seed)
-    dataset = CachedImages(locations, train_stems + pseudo_stems, transform, mode, size)
-    generator = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=min(int(options["batch_size"]), len(dataset)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )
-    loss_fn = make_loss(options["loss"], IGNORE if dataset.mask_bytes > 4 else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(options["lr"]), weight_decay=float(options["weight_decay"]))
-    epochs, accumulate = int(options["epochs"]), max(1, int(options["accumulate"]))
-    updates_per_epoch = max(1, len(loader) // accumulate)
-    steps = epochs * updates_per_epoch
-    warmup = int(options["warmup_epochs"]) * updates_per_epoch
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_fraction = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * progress_fraction))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    meta = {"model": model_spec, "input_size": size, "input_mode": mode, "fold": fold}
-
-    fingerprint = _fingerprint(model_spec, options, fold, train_stems, val_stems, pseudo_crcs)
-    state = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": -1, "since_best": 0, "best_per_class": None}
-    last_path, best_path = out_dir / "last.pt", out_dir / ".best.pt"
-    if last_path.is_file():
-        saved = torch.load(last_path, map_location="cpu", weights_only=True)
-        validated = saved.get("state", {}).get("best_epoch", -1) >= 0
-        if saved.get("fingerprint") == fingerprint and (best_path.is_file() or not validated):
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            state = saved["state"]
-            log.info("resuming fold %d after epoch %d of %d (%s)", fold, state["epoch"], epochs, last_path)
-        else:
-            log.info("%s was made by other settings or images; starting over", last_path)
-
+    data = load_fold_data(cache_dir, folds_path, fold, out_dir, pseudo_dir)
+    trainer = Trainer(data, model_spec, options, fold, out_dir, device, workers)
+    trainer.resume()
     started = time.monotonic()
-    bar = tqdm(range(state["epoch"] + 1, epochs + 1), desc=f"train fold {fold}", disable=not progress)
-    for epoch in bar:
-        # Reseeding per epoch makes an epoch's batches and augmentations
-        # independent of earlier epochs, so a resumed run repeats them.
-        seed_everything(seed + epoch)
-        generator.manual_seed(seed + epoch)
-        transform.set_random_seed(seed + epoch)
-        model.train()
-        losses = []
-        optimizer.zero_grad(set_to_none=True)
-        for step, (images, masks) in enumerate(loader, start=1):
-            images = to_network_input(images.to(device, non_blocking=True))
-            masks = unpack_mask_batch(masks.to(device, non_blocking=True))
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(images), masks)
-            scaler.scale(loss / accumulate).backward()
-            losses.append(loss.item())
-            if step % accumulate == 0:
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]}
-        if epoch % int(options["val_every"]) == 0 or epoch == epochs:
-            per_image = evaluate(model, locations, val_stems, size, mode, device)
-            row["val_dice"] = float(per_image.mean(axis=0).mean())
-            if row["val_dice"] > state["best"]:
-                state.update(best=row["val_dice"], best_epoch=epoch, since_best=0)
-                state["best_per_class"] = [float(value) for value in per_image.mean(axis=0)]
-                save_checkpoint(best_path, model, {**meta, "epoch": epoch, "val_dice": row["val_dice"]})
-            else:
-                state["since_best"] += 1
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{row['val_dice']:.4f}")
-        validation = f", validation Dice {row['val_dice']:.4f} (best {state['best']:.4f})" if "val_dice" in row else ""
-        log.info("epoch %d/%d: train loss %.4f, lr %.2e%s", epoch, epochs, row["train_loss"], row["lr"], validation)
-        state["history"].append(row)
-        state["epoch"] = epoch
-        stop = bool(options["patience"]) and state["since_best"] >= int(options["patience"])
-        with atomic_path(last_path) as temporary:
-            torch.save(
-                {
-                    "fingerprint": fingerprint,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "state": state,
-                },
-                temporary,
-            )
-        if stop:
-            log.info("early stop after epoch %d: no improvement in %d validations", epoch, options["patience"])
-            break
-
-    pd.DataFrame(state["history"]).to_csv(out_dir / "history.csv", index=False)
-    metrics = {
-        "model": model_spec,
-        "fold": fold,
-        "best_epoch": state["best_epoch"],
-        "val_dice": state["best"],
-        "val_dice_per_class": dict(zip(CLASSES, state["best_per_class"])),
-        "train_images": len(train_stems),
-        "pseudo_labelled_images": len(pseudo_stems),
-        "val_images": len(val_stems),
-        "epochs_run": state["epoch"],
-        "seconds_this_run": round(time.monotonic() - started, 1),
-        "device": str(device),
-    }
-    with atomic_path(out_dir / "metrics.json") as temporary:
-        temporary.write_text(json.dumps(metrics, indent=2))
-    best_path.replace(out_dir / "model.pt")
-    last_path.unlink()
-    return metrics
+    trainer.fit(progress)
+    return trainer.write_outputs(time.monotonic() - started)

@@ -37,7 +37,7 @@ DATA_ROOT = "results/demo/data" if DEMO else config["data"]["root"]
 if not DEMO and not os.path.isdir(os.path.join(DATA_ROOT, "train", "DCM")):
     raise WorkflowError(
         f"data.root {DATA_ROOT!r} is not a data root in the competition layout: "
-        f"{os.path.join(DATA_ROOT, 'train', 'DCM')} does not exist (see README, 'Use your own data')"
+        f"{os.path.join(DATA_ROOT, 'train', 'DCM')} does not exist (see docs/data.md, 'Use your own data')"
     )
 # Extra image folders to predict and draw (no labels needed), by name.
 EXTRA_IMAGES = dict(config["predict"]["extra_images"])
@@ -100,8 +100,7 @@ CACHE = f"results/cache/{preprocess_key()}"
 
 def synthetic_arguments():
     return " ".join(
-        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
-        for key, value in sorted(config["synthetic"].items())
+        f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in sorted(config["synthetic"].items())
     )
 
 

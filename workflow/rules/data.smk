@@ -4,15 +4,15 @@
 rule demo_data:
     output:
         directory("results/demo"),
-    params:
-        arguments=synthetic_arguments(),
     log:
         "results/logs/demo_data.log",
     benchmark:
         "results/benchmarks/demo_data.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        arguments=synthetic_arguments(),
     shell:
         "python -m handbone --quiet demo-data --out {output:q} {params.arguments} 2> {log:q}"
 
@@ -22,15 +22,15 @@ rule index:
         data_root_input(),
     output:
         "results/index/index.csv",
-    params:
-        data_root=DATA_ROOT,
     log:
         "results/logs/index.log",
     benchmark:
         "results/benchmarks/index.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        data_root=DATA_ROOT,
     shell:
         "python -m handbone --quiet index --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
 
@@ -40,36 +40,58 @@ rule eda:
         "results/index/index.csv",
     output:
         class_stats=report(
-            "results/eda/class_stats.csv", caption="../report/class_stats.rst", category="1. Data", subcategory="Tables"
+            "results/eda/class_stats.csv",
+            caption="../report/class_stats.rst",
+            category="1. Data",
+            subcategory="Tables",
         ),
         image_stats=report(
-            "results/eda/image_stats.csv", caption="../report/image_stats.rst", category="1. Data", subcategory="Tables"
+            "results/eda/image_stats.csv",
+            caption="../report/image_stats.rst",
+            category="1. Data",
+            subcategory="Tables",
         ),
-        overlap=report("results/eda/overlap.csv", caption="../report/overlap.rst", category="1. Data", subcategory="Tables"),
+        overlap=report(
+            "results/eda/overlap.csv", caption="../report/overlap.rst", category="1. Data", subcategory="Tables"
+        ),
         outliers=report(
             "results/eda/outliers.csv", caption="../report/outliers.rst", category="1. Data", subcategory="Outliers"
         ),
         findings="results/eda/findings.json",
         centroids=report(
-            "results/eda/figures/centroids.png", caption="../report/centroids.rst", category="1. Data", subcategory="Figures"
+            "results/eda/figures/centroids.png",
+            caption="../report/centroids.rst",
+            category="1. Data",
+            subcategory="Figures",
         ),
-        areas=report("results/eda/figures/areas.png", caption="../report/areas.rst", category="1. Data", subcategory="Figures"),
+        areas=report(
+            "results/eda/figures/areas.png", caption="../report/areas.rst", category="1. Data", subcategory="Figures"
+        ),
         intensity=report(
-            "results/eda/figures/intensity.png", caption="../report/intensity.rst", category="1. Data", subcategory="Figures"
+            "results/eda/figures/intensity.png",
+            caption="../report/intensity.rst",
+            category="1. Data",
+            subcategory="Figures",
         ),
         rotation=report(
-            "results/eda/figures/rotation.png", caption="../report/rotation.rst", category="1. Data", subcategory="Figures"
+            "results/eda/figures/rotation.png",
+            caption="../report/rotation.rst",
+            category="1. Data",
+            subcategory="Figures",
         ),
         overlap_heatmap=report(
-            "results/eda/figures/overlap.png", caption="../report/overlap_heatmap.rst", category="1. Data", subcategory="Figures"
+            "results/eda/figures/overlap.png",
+            caption="../report/overlap_heatmap.rst",
+            category="1. Data",
+            subcategory="Figures",
         ),
     log:
         "results/logs/eda.log",
     benchmark:
         "results/benchmarks/eda.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
     shell:
         "python -m handbone --quiet eda --index {input:q} --out-dir results/eda 2> {log:q}"
 
@@ -81,24 +103,27 @@ rule split:
         image_stats="results/eda/image_stats.csv",
     output:
         folds=report(
-            "results/splits/folds.csv", caption="../report/folds.rst", category="2. Cross-validation", subcategory="folds"
+            "results/splits/folds.csv",
+            caption="../report/folds.rst",
+            category="2. Cross-validation",
+            subcategory="folds",
         ),
         excluded=report(
             "results/splits/excluded.csv", caption="../report/excluded.rst", category="1. Data", subcategory="Outliers"
         ),
+    log:
+        "results/logs/split.log",
+    benchmark:
+        "results/benchmarks/split.tsv"
+    conda:
+        ENV
+    threads: 1
     params:
         folds=config["cv"]["folds"],
         stratify=config["cv"]["stratify"],
         exclude_reasons=as_json(config["outliers"]["exclude_reasons"]),
         exclude=as_json(config["outliers"]["exclude"]),
         include=as_json(config["outliers"]["include"]),
-    log:
-        "results/logs/split.log",
-    benchmark:
-        "results/benchmarks/split.tsv"
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m handbone --quiet split --index {input.index:q} --folds {params.folds:q} --stratify {params.stratify:q}"
         " --image-stats {input.image_stats:q} --outliers {input.outliers:q}"
@@ -111,15 +136,15 @@ rule preprocess:
         "results/index/index.csv",
     output:
         directory(CACHE),
-    params:
-        options=as_json(config["preprocess"]),
     log:
         "results/logs/preprocess.log",
     benchmark:
         "results/benchmarks/preprocess.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        options=as_json(config["preprocess"]),
     shell:
         "python -m handbone --quiet preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
 
@@ -130,15 +155,15 @@ rule dag:
         config="results/dag/config.json",
         rulegraph="results/dag/rulegraph.svg",
         dag="results/dag/dag.svg",
+    log:
+        "results/logs/dag.log",
+    conda:
+        ENV
+    threads: 1
     params:
         # The graphs are drawn for this run's config, whatever --configfile gave.
         config=as_json(config),
         snakefile=workflow.main_snakefile,
-    log:
-        "results/logs/dag.log",
-    threads: 1
-    conda:
-        ENV
     shell:
         "printf '%s\\n' {params.config:q} > {output.config:q}; "
         "for graph in rulegraph dag; do"

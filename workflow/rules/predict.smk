@@ -9,17 +9,17 @@ rule predict_oof:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
     output:
         directory("results/predictions/{model}/oof/fold{fold}"),
-    params:
-        options=predict_options(),
     log:
         "results/logs/predict_oof/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/predict_oof/{model}/fold{fold}.tsv"
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=1,
-    conda:
-        ENV
+    params:
+        options=predict_options(),
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --folds {input.folds:q} --fold {wildcards.fold}"
         " --checkpoints {input.checkpoint:q} {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
@@ -31,17 +31,17 @@ rule predict_test:
         checkpoints=expand("results/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
     output:
         directory("results/predictions/{model}/test"),
-    params:
-        options=predict_options(),
     log:
         "results/logs/predict/{model}.log",
     benchmark:
         "results/benchmarks/predict/{model}.tsv"
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=1,
-    conda:
-        ENV
+    params:
+        options=predict_options(),
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --split test --checkpoints {input.checkpoints:q}"
         " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
@@ -52,18 +52,18 @@ rule predict_extra:
         checkpoints=expand("results/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
     output:
         directory("results/predictions/{model}/extra/{images}"),
-    params:
-        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
-        options=predict_options(),
     log:
         "results/logs/predict_extra/{model}/{images}.log",
     benchmark:
         "results/benchmarks/predict_extra/{model}/{images}.tsv"
+    conda:
+        ENV
     threads: 4
     resources:
         gpu=1,
-    conda:
-        ENV
+    params:
+        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
+        options=predict_options(),
     shell:
         "python -m handbone --quiet predict --images-dir {params.folder:q} --checkpoints {input.checkpoints:q}"
         " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
@@ -82,15 +82,15 @@ rule overlays_test:
             category="4. Predictions",
             subcategory="test images",
         ),
-    params:
-        limit=config["predict"]["overlay_test_images"],
     log:
         "results/logs/overlays/test.log",
     benchmark:
         "results/benchmarks/overlays/test.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        limit=config["predict"]["overlay_test_images"],
     shell:
         "python -m handbone --quiet overlays --index {input.index:q} --split test --maps {input.maps:q}"
         " --limit {params.limit:q} --params {input.params:q} --out-dir {output:q} 2> {log:q}"
@@ -107,16 +107,16 @@ rule overlays_extra:
             category="4. Predictions",
             subcategory="{images}",
         ),
-    params:
-        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
-        threshold=config["postprocess"]["threshold"],
     log:
         "results/logs/overlays/extra_{images}.log",
     benchmark:
         "results/benchmarks/overlays/extra_{images}.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
+        threshold=config["postprocess"]["threshold"],
     shell:
         "python -m handbone --quiet overlays --images-dir {params.folder:q} --maps {input.maps:q}"
         " --threshold {params.threshold:q} --out-dir {output:q} 2> {log:q}"

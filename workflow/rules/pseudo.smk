@@ -3,7 +3,11 @@
 # training images plus the test images that round r-1's fold-k models label
 # confidently; then the round predicts, fits its ensemble and
 # post-processing on its own OOF maps (real labels only) and submits. The
-# rules are round 1's, pointed at the round's folders.
+# rules are round 1's (use rule ... as ..._pseudo), pointed at the round's
+# folders: a `with:` input, output, log or benchmark replaces round 1's
+# whole list, so each names also the inputs every round shares (index,
+# folds, cache); params are merged by name and, where they follow from the
+# paths, computed from them in round 1's rule (train, fit_*, score).
 
 
 # Checked at the start, so that a whole round 1 does not run before train_pseudo fails.
@@ -26,20 +30,20 @@ rule pseudo_label:
         ),
     output:
         directory("results/pseudo/round{round}/labels/fold{fold}"),
+    log:
+        "results/logs/pseudo/round{round}/pseudo_label/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/pseudo/round{round}/pseudo_label/fold{fold}.tsv"
+    conda:
+        ENV
+    threads: 4
+    resources:
+        gpu=1,
     params:
         options=predict_options(),
         confidence=PSEUDO["confidence"],
         pixel_confidence=PSEUDO["pixel_confidence"],
         ignore="--ignore-uncertain" if PSEUDO["ignore_uncertain"] else "--no-ignore-uncertain",
-    log:
-        "results/logs/pseudo/round{round}/pseudo_label/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/pseudo/round{round}/pseudo_label/fold{fold}.tsv"
-    threads: 4
-    resources:
-        gpu=1,
-    conda:
-        ENV
     shell:
         "python -m handbone --quiet pseudo-label --index {input.index:q} --checkpoints {input.checkpoints:q}"
         " --confidence {params.confidence} --pixel-confidence {params.pixel_confidence} {params.ignore}"
@@ -55,12 +59,12 @@ use rule train as train_pseudo with:
         checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
         metrics="results/pseudo/round{round}/models/{model}/fold{fold}/metrics.json",
         history="results/pseudo/round{round}/models/{model}/fold{fold}/history.csv",
-    params:
-        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {shlex.quote(input.pseudo_labels)}",
     log:
         "results/logs/pseudo/round{round}/train/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/pseudo/round{round}/train/{model}/fold{fold}.tsv"
+    params:
+        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {shlex.quote(input.pseudo_labels)}",
 
 
 use rule predict_oof as predict_oof_pseudo with:
@@ -89,7 +93,6 @@ use rule predict_test as predict_test_pseudo with:
 
 
 PSEUDO_OOF = expand("results/pseudo/round{{round}}/predictions/{model}/oof/fold{fold}", model=PSEUDO_MODELS, fold=FOLDS)
-PSEUDO_OOF_FOLDERS = expand("results/pseudo/round{{round}}/predictions/{model}/oof", model=PSEUDO_MODELS)
 
 
 use rule fit_ensemble as fit_ensemble_pseudo with:
@@ -100,8 +103,6 @@ use rule fit_ensemble as fit_ensemble_pseudo with:
     output:
         weights="results/pseudo/round{round}/ensemble/weights.json",
         table="results/pseudo/round{round}/ensemble/oof_scores.csv",
-    params:
-        oof=PSEUDO_OOF_FOLDERS,
     log:
         "results/logs/pseudo/round{round}/fit_ensemble.log",
     benchmark:
@@ -124,8 +125,6 @@ use rule fit_postprocess as fit_postprocess_pseudo with:
             subcategory="round {round}",
         ),
         figure="results/pseudo/round{round}/postprocess/per_class_dice.png",
-    params:
-        oof=PSEUDO_OOF_FOLDERS,
     log:
         "results/logs/pseudo/round{round}/fit_postprocess.log",
     benchmark:
@@ -197,9 +196,9 @@ rule compare_rounds:
         "results/logs/pseudo/compare_rounds.log",
     benchmark:
         "results/benchmarks/pseudo/compare_rounds.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
     shell:
         "python -m handbone --quiet compare-rounds --oof-tables {input.oof:q} --holdout-tables {input.holdout:q}"
         " --labels {input.labels:q} --out {output.table:q} --figure {output.figure:q} 2> {log:q}"

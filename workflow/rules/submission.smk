@@ -11,17 +11,18 @@ rule fit_ensemble:
     output:
         weights="results/ensemble/weights.json",
         table="results/ensemble/oof_scores.csv",
-    params:
-        oof=expand("results/predictions/{model}/oof", model=MODELS),
-        mode=config["ensemble"]["mode"],
-        step=config["ensemble"]["weight_step"],
     log:
         "results/logs/fit_ensemble.log",
     benchmark:
         "results/benchmarks/fit_ensemble.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        # The models' OOF folders, from input.oof's fold folders (so also in pseudo.smk's rounds).
+        oof=lambda wildcards, input: list(dict.fromkeys(os.path.dirname(fold) for fold in input.oof)),
+        mode=config["ensemble"]["mode"],
+        step=config["ensemble"]["weight_step"],
     shell:
         "python -m handbone --quiet fit-ensemble --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
         " --mode {params.mode:q} --weight-step {params.step:q} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
@@ -46,16 +47,16 @@ rule fit_postprocess:
             caption="../report/oof_per_class.rst",
             category="3. Ensemble and post-processing",
         ),
-    params:
-        oof=expand("results/predictions/{model}/oof", model=MODELS),
-        options=as_json(config["postprocess"]),
     log:
         "results/logs/fit_postprocess.log",
     benchmark:
         "results/benchmarks/fit_postprocess.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        oof=lambda wildcards, input: list(dict.fromkeys(os.path.dirname(fold) for fold in input.oof)),
+        options=as_json(config["postprocess"]),
     shell:
         "python -m handbone --quiet fit-postprocess --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
         " --ensemble {input.weights:q} --ensemble-table {input.ensemble_table:q} --options {params.options:q}"
@@ -72,9 +73,9 @@ rule ensemble:
         "results/logs/ensemble.log",
     benchmark:
         "results/benchmarks/ensemble.tsv"
-    threads: 2
     conda:
         ENV
+    threads: 2
     shell:
         "python -m handbone --quiet ensemble --inputs {input.maps:q} --weights {input.weights:q} --out-dir {output:q}"
         " --threads {threads} 2> {log:q}"
@@ -91,9 +92,9 @@ rule submission:
         "results/logs/submission.log",
     benchmark:
         "results/benchmarks/submission.tsv"
-    threads: 2
     conda:
         ENV
+    threads: 2
     shell:
         "python -m handbone --quiet submit --probabilities {input.probabilities:q} --index {input.index:q}"
         " --params {input.params:q} --out {output:q} --threads {threads} 2> {log:q}"
@@ -112,16 +113,16 @@ rule score:
             category="5. Held-out score (demo)",
         ),
         per_image="results/scores/holdout_per_image.csv",
-    params:
-        ground_truth="--ground-truth results/demo/ground_truth/test" if DEMO else "",
-        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         "results/logs/score.log",
     benchmark:
         "results/benchmarks/score.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        ground_truth="--ground-truth results/demo/ground_truth/test" if DEMO else "",
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
         "python -m handbone --quiet score --submission {input.submission:q} --index {input.index:q}"
         " {params.ground_truth} --out-dir {params.out_dir:q} 2> {log:q}"

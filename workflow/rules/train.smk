@@ -31,20 +31,20 @@ rule train:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
         metrics="results/models/{model}/fold{fold}/metrics.json",
         history="results/models/{model}/fold{fold}/history.csv",
+    log:
+        "results/logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/fold{fold}.tsv"
+    conda:
+        ENV
+    threads: 4
+    resources:
+        gpu=1,
     params:
         spec=lambda wildcards: as_json(model_spec(wildcards.model)),
         options=lambda wildcards: as_json(train_options(wildcards.model)),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         pseudo_labels="",  # pseudo-labelling rounds (pseudo.smk) add their labels here
-    log:
-        "results/logs/train/{model}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/train/{model}/fold{fold}.tsv"
-    threads: 4
-    resources:
-        gpu=1,
-    conda:
-        ENV
     shell:
         "python -m handbone --quiet train --cache {input.cache:q} --folds {input.folds:q} --fold {wildcards.fold}"
         " --model-spec {params.spec:q} --options {params.options:q} {params.pseudo_labels}"
@@ -68,9 +68,9 @@ rule cv_model:
         "results/logs/cv_model/{model}.log",
     benchmark:
         "results/benchmarks/cv_model/{model}.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
     shell:
         "python -m handbone --quiet cv-summary --metrics {input.metrics:q} --history {input.history:q}"
         " --out {output.table:q} --history-out {output.history:q} --figure {output.figure:q} 2> {log:q}"
@@ -97,9 +97,9 @@ rule cv_summary:
         "results/logs/cv_summary.log",
     benchmark:
         "results/benchmarks/cv_summary.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
     shell:
         "python -m handbone --quiet cv-combine --tables {input:q} --out {output.table:q}"
         " --metrics-out {output.metrics:q} --figure {output.figure:q} 2> {log:q}"
