@@ -102,9 +102,10 @@ def copy_repository(root: Path, config: dict) -> Path:
     return root
 
 
-def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=True):
-    """Run the Snakefile in ``workdir`` with ``configfile`` as the whole
-    config, or with ``replace=False`` merged over config.yaml."""
+def snakemake_command(workdir, *arguments, configfile="tiny.yaml", replace=True):
+    """The command line (and environment) that runs the Snakefile in
+    ``workdir`` with ``configfile`` as the whole config, or with
+    ``replace=False`` merged over config.yaml."""
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [
         sys.executable,
@@ -119,6 +120,12 @@ def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=T
         *(["--replace-workflow-config"] if replace else []),
         *arguments,
     ]
+    return command, environment
+
+
+def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=True):
+    """Run ``snakemake_command`` to its end; fail with its output unless it succeeds or ``check`` is off."""
+    command, environment = snakemake_command(workdir, *arguments, configfile=configfile, replace=replace)
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")

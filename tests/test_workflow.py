@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, planned_jobs, snakemake
+from conftest import TINY_CONFIG, planned_jobs, snakemake, snakemake_command
 from handbone.submission import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,21 +114,7 @@ def test_a_run_killed_during_training_recovers_to_the_same_submission(finished_r
     config = yaml.safe_load((finished_run / "tiny.yaml").read_text())
     config["predict"]["extra_images"] = {}
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        "--replace-workflow-config",
-        "--cores",
-        "2",
-    ]
+    command, environment = snakemake_command(workdir, "--cores", "2")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     killed = None
     deadline = time.time() + 300
