@@ -71,6 +71,26 @@ ERRORS = {
         lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, 2, 3], [2, 2, 2], [3, 1, 1]]}]),
         "points are not a list of [x, y] numbers",
     ),
+    "coordinates that are NaN": (
+        lambda r: _label(r / LABEL_A, [{"label": "Ulna", "points": [[1, float("nan")], [2, 2], [3, 1]]}]),
+        "a.json: annotation 0 ('Ulna'): points are not finite numbers (NaN or infinity)",
+    ),
+    "coordinates too large for a float (1e400 reads as infinity)": (
+        lambda r: (r / LABEL_A).write_text(
+            '{"annotations": [{"label": "Ulna", "points": [[1, 1e400], [2, 2], [3, 1]]}]}'
+        ),
+        "a.json: annotation 0 ('Ulna'): points are not finite numbers (NaN or infinity)",
+    ),
+    "an integer coordinate too large for a float": (
+        lambda r: (r / LABEL_A).write_text(
+            '{"annotations": [{"label": "Ulna", "points": [[1, 1%s], [2, 2], [3, 1]]}]}' % ("0" * 400)
+        ),
+        "a.json: annotation 0 ('Ulna'): points are not finite numbers (too large for a float)",
+    ),
+    "class name that is not a string": (
+        lambda r: _label(r / LABEL_A, [{"label": ["Ulna"], "points": GOOD_POLYGON}]),
+        "a.json: annotation 0 (['Ulna']): unknown class name",
+    ),
     "label file without an image": (
         lambda r: _label(r / "train/outputs_json/ID001/c.json", []),
         "c.json: label file without an image",
@@ -130,6 +150,11 @@ WARNINGS = {
     "polygon with fewer than 3 points": ([[1, 1], [5, 5]], "polygon has 2 points, at least 3 are needed"),
     "polygon with zero area": ([[1, 1], [2, 2], [3, 3]], "polygon has zero area"),
     "coordinates outside the image": ([[1, 1], [60, 1], [5, 5]], "polygon lies partly outside the 24x20 image"),
+    "a point far outside the image": (
+        [[1, 1], [1e15, 1e15], [1, 8]],
+        "polygon lies partly outside the 24x20 image (point 1 at [1e+15, 1e+15])",
+    ),
+    "polygon entirely outside the image": ([[100, 100], [120, 100], [100, 120]], "polygon lies entirely outside"),
 }
 
 
@@ -145,6 +170,48 @@ def test_geometric_faults_warn_and_the_eda_flags_them(tmp_path, case):
     assert result.returncode == 0 and f"a.json: annotation 1 ('Ulna'): {message}" in result.stderr
     findings = _findings(root)
     assert any(f["image_name"] == "a.png" and f["reason"] == "polygon_invalid" for f in findings)
+
+
+def test_the_eda_rule_survives_a_point_far_outside_the_image(tmp_path):
+    """A finite point however far out (here 1e15) is clipped to the image by
+    every computation: the eda command finishes and flags the polygon, which
+    the default exclude_reasons leave out of training."""
+    root = _root(tmp_path / "root")
+    far = [[2, 2], [1e15, 1e15], [2, 9]]
+    _label(root / LABEL_A, [{"label": "Radius", "points": GOOD_POLYGON}, {"label": "Ulna", "points": far}])
+    assert _index(root, tmp_path / "index.csv").returncode == 0
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "handbone",
+            "-q",
+            "eda",
+            "--index",
+            str(tmp_path / "index.csv"),
+            "--out-dir",
+            str(tmp_path / "eda"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    outliers = (tmp_path / "eda" / "outliers.csv").read_text()
+    assert "a.png,polygon_invalid,1,Ulna: outside the image" in outliers
+
+
+def test_an_unexpected_eda_error_still_names_the_file(tmp_path, monkeypatch):
+    """A bug keeps its traceback, but the user learns which label triggered it."""
+    from handbone import eda
+    from handbone.data import index_data_root
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(eda, "image_features", broken)
+    with pytest.raises(ZeroDivisionError) as raised:
+        eda.run_eda(index_data_root(_root(tmp_path / "root")), tmp_path / "eda", progress=False)
+    assert any(note.endswith("a.json") and "a.png" in note for note in raised.value.__notes__)
 
 
 def test_a_class_twice_in_one_image_is_an_outlier_not_an_error(tmp_path):

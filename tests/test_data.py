@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from handbone.classes import CLASS_TO_INDEX, CLASSES, NUM_CLASSES
-from handbone.data import DataError, index_data_root, rasterize, read_image
+from handbone.data import DataError, clip_polygon, index_data_root, rasterize, read_image
 from handbone.metrics import dice_per_class
 
 
@@ -123,3 +123,48 @@ def test_index_names_truncated_and_empty_images(tmp_path):
     assert "cut.png: not a readable image, corrupt or truncated" in message
     assert "empty.png: image file is empty (0 bytes)" in message
     assert "whole.png" not in message
+
+
+def test_clip_polygon_keeps_what_is_inside_and_bounds_the_rest():
+    inside = np.array([[0, 0], [11, 0], [11, 9], [0, 9]], float)
+    assert np.array_equal(clip_polygon(inside, 10, 12), inside)
+    crossing = np.array([[-10, 2], [5, 2], [5, 6], [-10, 6]], float)
+    assert np.array_equal(clip_polygon(crossing, 10, 12), [[-0.5, 2], [5, 2], [5, 6], [-0.5, 6]])
+    far = np.array([[2, 2], [1e300, 2], [2, 1e300]], float)
+    clipped = clip_polygon(far, 10, 12)
+    assert np.isfinite(clipped).all() and clipped.min() >= -0.5 and clipped[:, 0].max() <= 11.5
+    assert len(clip_polygon(np.array([[20, 20], [30, 20], [30, 30]], float), 10, 12)) == 0
+
+
+def test_rasterize_draws_the_part_of_a_far_out_polygon_inside_the_image():
+    annotations = [
+        {"label": "Radius", "points": [[2, 2], [1e15, 2], [2, 1e15]]},  # covers everything right of and below (2, 2)
+        {"label": "Ulna", "points": [[1, 1], [float("nan"), 1], [5, 5]]},  # refused by the index; skipped here
+        {"label": "Lunate", "points": [[1, 1], [10**400, 1], [5, 5]]},
+    ]
+    mask = rasterize(annotations, 10, 12)
+    expected = np.zeros((10, 12), np.uint8)
+    expected[2:, 2:] = 1
+    assert np.array_equal(mask[CLASS_TO_INDEX["Radius"]], expected)
+    assert mask[CLASS_TO_INDEX["Ulna"]].sum() == 0 and mask[CLASS_TO_INDEX["Lunate"]].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([[1, 1], [1e15, 1e15], [1, 5]], "polygon lies partly outside the 12x10 image (point 1 at [1e+15, 1e+15])"),
+        ([[1e15, 1e15], [2e15, 1e15], [1e15, 2e15]], "polygon lies entirely outside the 12x10 image"),
+    ],
+)
+def test_index_warns_about_far_out_points_naming_file_and_annotation(tmp_path, caplog, points, message):
+    _write_root(tmp_path, label_points=points)
+    assert len(index_data_root(tmp_path)) == 2
+    assert any(f"a.json: annotation 0 ('Radius'): {message}" in record.message for record in caplog.records)
+
+
+def test_a_polygon_slightly_past_the_edge_is_cut_by_the_border_not_outside(tmp_path, caplog):
+    # Some tools put the image's edge at x = width; within the tolerance
+    # the bone is just cut by the border (reported by the EDA as truncated).
+    _write_root(tmp_path, label_points=[[1, 1], [12, 1], [12, 5], [1, 5]])
+    index_data_root(tmp_path)
+    assert not caplog.records

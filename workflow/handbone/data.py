@@ -87,58 +87,155 @@ def read_annotations(path: str | Path) -> list[dict]:
 def check_annotations(
     path: str | Path, annotations: list[dict], height: int, width: int
 ) -> tuple[list[str], list[str]]:
-    """(errors, warnings) about one image's annotations, each naming the file.
+    """(errors, warnings) about one image's annotations, each naming the file
+    and the annotation.
 
-    Errors make the file unusable (unknown class, points that are not
-    numbers). Geometric faults (fewer than 3 points, zero area, outside the
-    image) are warnings: the EDA reports them as ``polygon_invalid``
-    outliers, which are left out of training, so one bad polygon does not
-    stop a run over hundreds of images.
+    Errors make the file unusable (unknown class, points that are not finite
+    numbers: there is no polygon to draw). Geometric faults (fewer than 3
+    points, zero area, points farther outside the image than the tolerance)
+    are warnings: the EDA reports them as ``polygon_invalid`` outliers, which
+    are left out of training, so one bad polygon does not stop a run over
+    hundreds of images; every computation on them clips them to the image.
     """
     errors, warnings = [], []
     for number, annotation in enumerate(annotations):
         label = annotation["label"]
         where = f"{path}: annotation {number} ({label!r})"
-        if label not in CLASS_TO_INDEX:
+        if not isinstance(label, str) or label not in CLASS_TO_INDEX:
             errors.append(f"{where}: unknown class name")
             continue
-        try:
-            array = np.asarray(annotation["points"], dtype=np.float64)
-        except (TypeError, ValueError):
-            errors.append(f"{where}: points are not numbers")
+        points, problem = parse_points(annotation["points"])
+        if problem:
+            errors.append(f"{where}: {problem}")
             continue
-        if array.size == 0:
-            warnings.append(f"{where}: polygon has no points")
-        elif array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
-            errors.append(f"{where}: points are not a list of [x, y] numbers")
-        elif len(array) < 3:
-            warnings.append(f"{where}: polygon has {len(array)} points, at least 3 are needed")
-        elif polygon_area(array) == 0:
-            warnings.append(f"{where}: polygon has zero area")
-        elif (array < -0.5).any() or (array[:, 0] > width - 0.5).any() or (array[:, 1] > height - 0.5).any():
-            warnings.append(f"{where}: polygon lies partly outside the {width}x{height} image")
+        warning = polygon_warning(points, height, width)
+        if warning:
+            warnings.append(f"{where}: {warning}")
     return errors, warnings
 
 
+def parse_points(raw) -> tuple[np.ndarray | None, str | None]:
+    """A polygon's points as an (n, 2) float array, or None and why not."""
+    try:
+        points = np.asarray(raw, dtype=np.float64)
+    except OverflowError:  # an integer literal too large for a float
+        return None, "points are not finite numbers (too large for a float)"
+    except (TypeError, ValueError):
+        return None, "points are not numbers"
+    if points.size == 0:
+        return np.zeros((0, 2)), None
+    if points.ndim != 2 or points.shape[1] != 2:
+        return None, "points are not a list of [x, y] numbers"
+    if not np.isfinite(points).all():
+        return None, "points are not finite numbers (NaN or infinity)"
+    return points, None
+
+
+def polygon_warning(points: np.ndarray, height: int, width: int) -> str | None:
+    """What is geometrically wrong with a polygon of finite points, if anything."""
+    if len(points) == 0:
+        return "polygon has no points"
+    if len(points) < 3:
+        return f"polygon has {len(points)} points, at least 3 are needed"
+    if polygon_area(points) == 0:
+        return "polygon has zero area"
+    if polygon_area(clip_polygon(points, height, width)) == 0:
+        return f"polygon lies entirely outside the {width}x{height} image"
+    far = far_outside(points, height, width)
+    if far.any():
+        k = int(np.argmax(far))
+        return (
+            f"polygon lies partly outside the {width}x{height} image "
+            f"(point {k} at [{points[k, 0]:.6g}, {points[k, 1]:.6g}])"
+        )
+    return None
+
+
+# Clamped to this before any arithmetic, so that the product of two
+# coordinates (areas, cross products) cannot overflow into inf or NaN even
+# for a typo such as 1e300; it is far beyond any image.
+COORDINATE_LIMIT = 1e150
+# Converted labels can run a little past the image's edge (some tools put the
+# edge at x = width, not width - 0.5); within this share of the image's
+# larger side (at least a pixel) the bone is just cut by the border, farther
+# out a point is an annotation fault.
+OUTSIDE_TOLERANCE = 0.02
+
+
+def far_outside(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Which points lie farther outside the image than the tolerance."""
+    margin = max(1.0, OUTSIDE_TOLERANCE * max(height, width))
+    low = (points < -0.5 - margin).any(axis=1)
+    return low | (points[:, 0] > width - 0.5 + margin) | (points[:, 1] > height - 0.5 + margin)
+
+
+def clip_polygon(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The part of a polygon inside the image, [-0.5, width - 0.5] x
+    [-0.5, height - 0.5] with pixel centres at integers (Sutherland-Hodgman).
+
+    A polygon inside the image comes back unchanged; any other is bounded
+    by the image, however far out its points are, so that rasterising,
+    boxes, areas and centroids cannot overflow.
+    """
+    polygon = np.clip(np.asarray(points, np.float64).reshape(-1, 2), -COORDINATE_LIMIT, COORDINATE_LIMIT)
+    for axis, bound, keep_above in (
+        (0, -0.5, True),
+        (0, width - 0.5, False),
+        (1, -0.5, True),
+        (1, height - 0.5, False),
+    ):
+        polygon = _clip_half_plane(polygon, axis, bound, keep_above)
+    return polygon
+
+
+def _clip_half_plane(polygon: np.ndarray, axis: int, bound: float, keep_above: bool) -> np.ndarray:
+    offset = polygon[:, axis] - bound
+    inside = offset >= 0 if keep_above else offset <= 0
+    if inside.all() or not inside.any():
+        return polygon if inside.all() else np.zeros((0, 2))
+    kept = []
+    count = len(polygon)
+    for k in range(count):
+        following = (k + 1) % count
+        if inside[k]:
+            kept.append(polygon[k])
+        if inside[k] != inside[following]:
+            crossing = polygon[k] + offset[k] / (offset[k] - offset[following]) * (polygon[following] - polygon[k])
+            crossing[axis] = bound  # exactly on the border, whatever the rounding
+            kept.append(crossing)
+    return np.array(kept)
+
+
 def polygon_area(points: np.ndarray) -> float:
+    points = np.clip(points, -COORDINATE_LIMIT, COORDINATE_LIMIT)
     x, y = points[:, 0], points[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def fill_polygon(mask: np.ndarray, points: np.ndarray) -> None:
+    """Fill a polygon into a 2-D uint8 mask with 1, its vertices included (as
+    cv2.fillPoly); the parts outside the mask are clipped off first, so any
+    finite coordinates are safe."""
+    visible = clip_polygon(points, *mask.shape)
+    if len(visible):
+        cv2.fillPoly(mask, [np.round(visible).astype(np.int32).reshape(-1, 1, 2)], 1)
 
 
 def rasterize(annotations: list[dict], height: int, width: int) -> np.ndarray:
     """A (29, height, width) uint8 multi-label mask from polygon annotations.
 
     Each class's polygons are filled into its own channel, so overlapping
-    bones keep both labels. Unknown labels are ignored (the index rejects them).
+    bones keep both labels. Unknown labels and points that are not finite
+    numbers are skipped (the index rejects them); polygons are clipped to
+    the image.
     """
     mask = np.zeros((NUM_CLASSES, height, width), dtype=np.uint8)
     for annotation in annotations:
-        index = CLASS_TO_INDEX.get(annotation["label"])
-        if index is None:
-            continue
-        points = np.round(np.asarray(annotation["points"], dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
-        if len(points) >= 3:  # the EDA reports shorter ones as invalid
-            cv2.fillPoly(mask[index], [points], 1)
+        label = annotation["label"]
+        index = CLASS_TO_INDEX.get(label) if isinstance(label, str) else None
+        points, _ = parse_points(annotation["points"])
+        if index is not None and points is not None and len(points) >= 3:  # the EDA reports shorter ones as invalid
+            fill_polygon(mask[index], points)
     return mask
 
 

@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -27,7 +27,8 @@ from tqdm import tqdm
 from . import figures
 from .atomic import write_json, write_table
 from .classes import CLASSES
-from .data import read_annotations, read_image
+from .data import fill_polygon, read_annotations, read_image
+from .errors import HandboneError
 from .outliers import detect, image_features
 from .pose import pixel_pose
 
@@ -48,7 +49,7 @@ def _bone_union(item, shape) -> np.ndarray:
         if len(annotation.points) >= 3:
             # One call per polygon: a single call with several polygons
             # leaves their overlaps unfilled.
-            cv2.fillPoly(union, [np.round(annotation.points).astype(np.int32).reshape(-1, 1, 2)], 1)
+            fill_polygon(union, annotation.points)
     return union.astype(bool)
 
 
@@ -144,19 +145,20 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     bone_histogram = np.zeros(256)
     background_histogram = np.zeros(256)
     for _, row in tqdm(index.iterrows(), total=len(index), desc="eda", disable=not progress):
-        image = read_image(row["image_path"])
-        record = _image_record(row, image)
-        if row["split"] == "train":
-            annotations = read_annotations(row["label_path"])
-            item = image_features(row["image_name"], annotations, image.shape[0], image.shape[1])
-            features.append(item)
-            if item.frame is not None:
-                record["side_from_labels"] = item.frame["side"]
-                record["rotation_from_labels"] = item.frame["rotation"]
-                record["wrist_bend_from_labels"] = item.frame["wrist_bend"]
-            bone = _bone_union(item, image.shape)
-            bone_histogram += np.bincount(image[bone], minlength=256)
-            background_histogram += np.bincount(image[~bone], minlength=256)
+        with _naming(row):
+            image = read_image(row["image_path"])
+            record = _image_record(row, image)
+            if row["split"] == "train":
+                annotations = read_annotations(row["label_path"])
+                item = image_features(row["image_name"], annotations, image.shape[0], image.shape[1], image)
+                features.append(item)
+                if item.frame is not None:
+                    record["side_from_labels"] = item.frame["side"]
+                    record["rotation_from_labels"] = item.frame["rotation"]
+                    record["wrist_bend_from_labels"] = item.frame["wrist_bend"]
+                bone = _bone_union(item, image.shape)
+                bone_histogram += np.bincount(image[bone], minlength=256)
+                background_histogram += np.bincount(image[~bone], minlength=256)
         image_rows.append(record)
     image_stats = pd.DataFrame(image_rows)
     outliers = pd.DataFrame(detect(features), columns=["image_name", "reason", "score", "detail"])
@@ -178,6 +180,20 @@ def run_eda(index: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> 
     figures.overlap_heatmap(iou_matrix, figure_dir / "overlap.png")
     write_json(summary, out_dir / "findings.json")
     return summary
+
+
+@contextmanager
+def _naming(row):
+    """Add the image's and label's paths to an unexpected error (a bug keeps
+    its traceback, but the user learns which file triggered it)."""
+    try:
+        yield
+    except HandboneError:
+        raise  # names its file already
+    except Exception as error:
+        files = " and ".join(path for path in (row["image_path"], row.get("label_path", "")) if path)
+        error.add_note(f"while reading {files}")
+        raise
 
 
 def _image_record(row, image: np.ndarray) -> dict:

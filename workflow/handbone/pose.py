@@ -35,35 +35,136 @@ def _mean(centroids: dict, names) -> np.ndarray | None:
     return np.mean(points, axis=0) if points else None
 
 
-def label_frame(centroids: dict) -> dict | None:
+# Subsets of the knuckles whose mean is about that of all three (within a
+# degree of the hand's axis; the middle metacarpal lies between the other
+# two), in order of preference, for when the border cuts one of them.
+KNUCKLE_SUBSETS = (("finger-7", "finger-15"), ("finger-11",))
+
+
+def _group_centre(centroids: dict, names, cut, subsets=()) -> tuple[np.ndarray | None, list[str], list[str]]:
+    """The mean of a group's centroids; when the border cuts some of them
+    (which moves their centroids), the mean of the first of ``subsets`` that
+    has no cut bone, or else of the uncut ones. Also returns the bones that
+    mean is of, and the cut bones it still rests on, for when every bone of
+    the group is cut."""
+    present = [name for name in names if name in centroids]
+    whole = [name for name in present if name not in cut]
+    if len(whole) == len(present):
+        return _mean(centroids, present), present, []
+    for subset in (*subsets, whole):
+        if subset and all(name in whole for name in subset):
+            return _mean(centroids, list(subset)), list(subset), []
+    return _mean(centroids, present), present, present
+
+
+# Below this distance from the carpals' centre (in units of the hand's
+# scale) the visible stub of a forearm cut by the border is too short to
+# tell its direction.
+FOREARM_MIN_LEVER = 0.3
+
+
+def label_frame(centroids: dict, cut=()) -> dict | None:
     """The hand's frame from class centroids ({class: (x, y)} in pixels).
 
     Returns wrist (carpal centre), axis (unit vector wrist -> knuckles),
     scale (that distance), side ("left"/"right"), rotation and wrist_bend in
     degrees; None when the needed bones are missing. Averages over groups of
     bones keep the frame stable when two labels of a group are swapped.
+
+    A bone cut by the image's border (in ``cut``) has a centroid moved by
+    the cut, so cut carpals and knuckles are left out of the frame while
+    uncut ones remain (``left_out``: every cut carpal and knuckle; a frame
+    without some is a little less exact); ``cut`` lists those the frame
+    still rests on, their whole group being cut.
     """
-    wrist, knuckles = _mean(centroids, CARPALS), _mean(centroids, KNUCKLES)
+    wrist, carpals, wrist_cut = _group_centre(centroids, CARPALS, cut)
+    knuckles, knuckle_names, knuckles_cut = _group_centre(centroids, KNUCKLES, cut, KNUCKLE_SUBSETS)
     thumb, little = _mean(centroids, THUMB), _mean(centroids, LITTLE)
     if wrist is None or knuckles is None or thumb is None or little is None:
         return None
-    axis = knuckles - wrist
-    scale = float(np.linalg.norm(axis))
-    if scale == 0:
+    if float(np.linalg.norm(knuckles - wrist)) == 0:
         return None
-    axis = axis / scale
+    axis = (knuckles - wrist) / float(np.linalg.norm(knuckles - wrist))
     right_of_axis = np.array([-axis[1], axis[0]])  # image-right when the hand points up
     side = "right" if float(np.dot(thumb - little, right_of_axis)) < 0 else "left"
-    forearm = _mean(centroids, FOREARM)
-    bend = angle_difference(angle_of(axis), angle_of(wrist - forearm)) if forearm is not None else float("nan")
+    # The forearm leaves the image in almost every radiograph, so its
+    # centroid is that of the visible part; it still lies on the forearm's
+    # axis, unless so little is visible that it sits on the wrist, or only
+    # one of its two bones is (one lies to the side of the axis).
+    forearm = _mean(centroids, FOREARM) if all(name in centroids for name in FOREARM) else None
+    frame = {
+        "side": side,
+        "left_out": [name for name in CARPALS + KNUCKLES if name in cut and name in centroids],
+        "cut": wrist_cut + knuckles_cut,
+        "carpals": carpals,  # the bones the wrist's centre is the mean of
+        "knuckles": knuckle_names,  # and those the knuckles' centre is
+        "forearm": forearm,
+        "corrected": False,
+    }
+    return _placed(frame, wrist, knuckles)
+
+
+def _placed(frame: dict, wrist: np.ndarray, knuckles: np.ndarray) -> dict:
+    """``frame`` with its wrist and knuckles' centres at these points."""
+    axis = knuckles - wrist
+    scale = float(np.linalg.norm(axis))
+    axis = axis / scale
+    forearm = frame["forearm"]
+    bend = float("nan")
+    if forearm is not None and np.linalg.norm(wrist - forearm) >= FOREARM_MIN_LEVER * scale:
+        bend = angle_difference(angle_of(axis), angle_of(wrist - forearm))
     return {
+        **frame,
         "wrist": wrist,
         "axis": axis,
         "scale": scale,
-        "side": side,
         "rotation": angle_of(axis),
         "wrist_bend": bend,
     }
+
+
+def corrected_frame(frame: dict | None, places: dict) -> dict | None:
+    """The frame of the whole hand when its wrist (or knuckles') centre is
+    the mean of only some of the carpals (or knuckles), the others cut by
+    the border or missing.
+
+    The mean of a subset lies off the centre of the whole group by the
+    subset's offset, which ``places`` ({class: usual canonical (x, y)}, as
+    fitted on whole hands) gives: the subset's mean is at the mean of its
+    bones' usual places, the knuckles' centre used at that of its bones. Two
+    points with known places in the hand's frame fix the frame (a
+    similarity, mirrored for a left hand), whose origin is the wrist's
+    centre of the whole group and (0, -1) the knuckles'. Returned unchanged
+    when it rests on every carpal and knuckle, on cut bones, or on a bone
+    without a usual place.
+    """
+    if frame is None or frame["cut"]:
+        return frame
+    used = frame["carpals"] + frame["knuckles"]
+    if (len(frame["carpals"]), len(frame["knuckles"])) == (len(CARPALS), len(KNUCKLES)):
+        return frame
+    if any(name not in places for name in used):
+        return frame
+
+    def as_complex(point) -> complex:
+        return complex(float(point[0]), float(point[1]))
+
+    def canonical(names) -> complex:
+        # In the frame's coordinates (see to_canonical), a left hand mirrored.
+        x, y = np.mean([places[name] for name in names], axis=0)
+        return complex(-x if frame["side"] == "left" else x, y)
+
+    # Pixels from the frame's (mirrored) coordinates: p = wrist + c * (i x - y) = wrist + c * i * z.
+    wrist_place, knuckle_place = canonical(frame["carpals"]), canonical(frame["knuckles"])
+    if wrist_place == knuckle_place:
+        return frame
+    wrist_seen = as_complex(frame["wrist"])
+    knuckles_seen = wrist_seen + as_complex(frame["axis"]) * frame["scale"]
+    c = (knuckles_seen - wrist_seen) / (1j * (knuckle_place - wrist_place))
+    wrist = wrist_seen - c * 1j * wrist_place
+    knuckles = wrist + c * 1j * complex(0.0, -1.0)
+    placed = _placed(frame, np.array([wrist.real, wrist.imag]), np.array([knuckles.real, knuckles.imag]))
+    return {**placed, "corrected": True}
 
 
 def to_canonical(points: np.ndarray, frame: dict) -> np.ndarray:
@@ -77,6 +178,18 @@ def to_canonical(points: np.ndarray, frame: dict) -> np.ndarray:
     if frame["side"] == "left":
         x = -x
     return np.stack([x, y], axis=-1)
+
+
+def from_canonical(points: np.ndarray, frame: dict) -> np.ndarray:
+    """Pixel coordinates of points in the hand's frame (to_canonical undone)."""
+    axis = frame["axis"]
+    right_of_axis = np.array([-axis[1], axis[0]])
+    canonical = np.asarray(points, float)
+    x, y = canonical[..., 0], canonical[..., 1]
+    if frame["side"] == "left":
+        x = -x
+    relative = x[..., None] * right_of_axis - y[..., None] * axis
+    return frame["wrist"] + relative * frame["scale"]
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:
@@ -99,6 +212,37 @@ def _principal_axis(points: np.ndarray) -> np.ndarray:
     return vectors[:, -1]
 
 
+# The forearm meets the border over about 0.4 x the square root of the
+# silhouette's area, a finger cut by the border over about 0.1.
+FOREARM_MIN_CONTACT = 0.2
+
+
+def _forearm_contact(mask: np.ndarray) -> np.ndarray:
+    """(x, y) of the longest unbroken stretch of the body part along the
+    image's border: the forearm, which is wider than any finger or thumb
+    that the border also cuts; none when no stretch is that wide."""
+    height, width = mask.shape
+    # The border walked clockwise from the top-left corner, each pixel once.
+    sides = max(height - 2, 0)
+    xs = np.concatenate([np.arange(width), np.full(sides, width - 1), np.arange(width)[::-1], np.zeros(sides)])
+    ys = np.concatenate(
+        [np.zeros(width), np.arange(1, height - 1), np.full(width, height - 1), np.arange(height - 2, 0, -1)]
+    )
+    xs, ys = xs.astype(int), ys.astype(int)
+    inside = mask[ys, xs]
+    if inside.all() or not inside.any():
+        return np.stack([xs[inside], ys[inside]], axis=1).astype(float)
+    start = int(np.argmin(inside))  # walk from a gap, so that no stretch wraps around
+    inside, xs, ys = np.roll(inside, -start), np.roll(xs, -start), np.roll(ys, -start)
+    edges = np.diff(np.concatenate([[0], inside.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    longest = int(np.argmax(ends - starts))
+    if ends[longest] - starts[longest] < FOREARM_MIN_CONTACT * np.sqrt(mask.sum()):
+        return np.zeros((0, 2))  # only fingers reach the border
+    run = slice(starts[longest], ends[longest])
+    return np.stack([xs[run], ys[run]], axis=1).astype(float)
+
+
 HAND_PERCENTILE = 40
 WRIST_PERCENTILE = 30
 
@@ -118,9 +262,9 @@ def pixel_pose(image: np.ndarray) -> dict:
     points = np.stack([xs, ys], axis=1).astype(float)
     centre = points.mean(axis=0)
     height, width = mask.shape
-    on_border = (xs == 0) | (ys == 0) | (xs == width - 1) | (ys == height - 1)
-    # Without border contact, assume the usual orientation: forearm below.
-    anchor = points[on_border].mean(axis=0) if on_border.any() else np.array([centre[0], height])
+    contact = _forearm_contact(mask)
+    # Without a forearm at the border, assume the usual orientation: forearm below.
+    anchor = contact.mean(axis=0) if len(contact) else np.array([centre[0], height])
     axis = _principal_axis(points)
     if np.dot(axis, centre - anchor) < 0:
         axis = -axis
