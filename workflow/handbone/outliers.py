@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .classes import CLASSES
+from .classes import CLASSES, OSSIFICATION_AGE
 from .data import COORDINATE_LIMIT, clip_polygon, far_outside, parse_points, polygon_area
 from .errors import ConfigError
 from .pose import corrected_frame, from_canonical, label_frame, to_canonical
@@ -66,18 +66,6 @@ USUALLY_CUT = 0.5
 # outside it or closer to the border than this many position spreads.
 OUT_OF_VIEW_SPREADS = 2.0
 BORDERS = ("top", "bottom", "left", "right")
-# Typical age in years at which each carpal ossifies (Greulich and Pyle):
-# a child's radiograph lacks the carpals not yet ossified, latest first.
-OSSIFICATION_AGE = {
-    "Capitate": 0.3,
-    "Hamate": 0.5,
-    "Triquetrum": 2.5,
-    "Lunate": 3.5,
-    "Trapezium": 5.0,
-    "Trapezoid": 5.5,
-    "Scaphoid": 5.5,
-    "Pisiform": 10.0,
-}
 # Children differ from the typical order by about this much (years).
 ORDER_TOLERANCE = 1.0
 # A carpal grows to its adult size in some years after it ossifies: a

@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 from . import config
 from .atomic import atomic_path
-from .classes import CLASSES
+from .classes import CLASSES, OSSIFICATION_AGE
 from .data import polygon_area
 from .errors import ConfigError
 
@@ -110,19 +110,6 @@ CARPALS = {
     "Trapezoid": ((-0.066, -0.130), (0.032, 0.030), 0.0),
     "Capitate": ((-0.006, -0.112), (0.034, 0.056), 5.0),
     "Hamate": ((0.054, -0.118), (0.036, 0.048), -10.0),
-}
-# Typical age in years at which each carpal's ossification centre appears
-# (Greulich and Pyle's atlas, boys and girls averaged): younger children's
-# radiographs show fewer carpals, as the real pediatric examples do.
-OSSIFICATION_AGE = {
-    "Capitate": 0.3,
-    "Hamate": 0.5,
-    "Triquetrum": 2.5,
-    "Lunate": 3.5,
-    "Trapezium": 5.0,
-    "Trapezoid": 5.5,
-    "Scaphoid": 5.5,
-    "Pisiform": 10.0,
 }
 # Forearm: distal end centre, widths (distal end, shaft), length downwards.
 FOREARM = {
