@@ -16,12 +16,12 @@ DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
 def _options(subschema, prefix=""):
     """Dotted names of the options a section's schema defines (models and
     free-form mappings, whose keys the user chooses, left out)."""
-    subschema = config._subschema(prefix) if prefix else config.schema()
+    subschema = config.subschema(prefix) if prefix else config.schema()
     for key, child in subschema.get("properties", {}).items():
         name = f"{prefix}.{key}" if prefix else key
         if name in ("models", "train.loss", "predict.extra_images"):
             continue
-        child = config._subschema(name)
+        child = config.subschema(name)
         if "properties" in child:
             yield from _options(child, name)
         else:

@@ -273,7 +273,7 @@ def test_a_forearm_cut_off_below_the_wrist_is_out_of_view_not_missing(clean_hand
 
 
 def test_the_config_schema_lists_every_reason():
-    assert config._subschema("outliers.exclude_reasons")["items"]["enum"] == list(REASONS)
+    assert config.subschema("outliers.exclude_reasons")["items"]["enum"] == list(REASONS)
 
 
 def test_a_cut_bone_still_cannot_be_too_large_or_elsewhere(partly_cut_hands):

@@ -49,15 +49,15 @@ def default(dotted: str):
     return copy.deepcopy(value)
 
 
-def _subschema(dotted: str) -> dict:
+def subschema(dotted: str) -> dict:
     """The schema of the option or section at a dotted path."""
     node = schema()
     for key in dotted.split("."):
-        node = _dereferenced(node)["properties"][key]
-    return _dereferenced(node)
+        node = dereferenced(node)["properties"][key]
+    return dereferenced(node)
 
 
-def _dereferenced(node: dict) -> dict:
+def dereferenced(node: dict) -> dict:
     reference = node.get("$ref", "")
     return {**schema()["$defs"][reference.removeprefix("#/$defs/")], **node} if reference else node
 
@@ -73,10 +73,10 @@ def _filled(values: dict, defaults: dict) -> dict:
     return merged
 
 
-def _check(instance, subschema: dict, source: str) -> None:
+def _check(instance, against: dict, source: str) -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator({"$defs": schema()["$defs"], **subschema})
+    validator = jsonschema.Draft202012Validator({"$defs": schema()["$defs"], **against})
     errors = sorted(validator.iter_errors(instance), key=lambda error: [str(part) for part in error.absolute_path])
     if errors:
         lines = []
@@ -104,7 +104,7 @@ def section(dotted: str, options: dict | None, source: str) -> dict:
     if not isinstance(options, (dict, type(None))):
         raise ConfigError(f"{source}: expected a JSON object of {dotted} options, got {options!r}")
     options = _filled(options or {}, default(dotted))
-    _check(options, _subschema(dotted), f"{source} ({dotted} options)")
+    _check(options, subschema(dotted), f"{source} ({dotted} options)")
     return options
 
 

@@ -70,7 +70,7 @@ def _bounds(node: dict) -> str:
 
 def _kind(node: dict) -> str:
     """What a value may be: type or allowed values, and their limits."""
-    node = config._dereferenced(node)
+    node = config.dereferenced(node)
     if "enum" in node:
         return "one of " + ", ".join(_code(_value(item)) for item in node["enum"])
     if "const" in node:
@@ -125,7 +125,7 @@ def _has_every_default(dotted: str, node: dict) -> bool:
 def _option_rows(dotted: str, node: dict) -> list[str]:
     """A row for the option at ``dotted``; a mapping whose keys all have
     a default in config.yaml gets a row for each key too."""
-    node = config._dereferenced(node)
+    node = config.dereferenced(node)
     default = _default(dotted)
     rows = [
         _row(
@@ -171,7 +171,7 @@ def _models_section(node: dict) -> list[str]:
     kind = " or ".join(_TYPES.get(name, name) for name in types)
     rows = [_row("models.<name>", kind, "", entry.get("description", ""))]
     for key, child in entry["properties"].items():
-        child = config._dereferenced(child)
+        child = config.dereferenced(child)
         if key in entry.get("required", []):
             default = "required"
         elif key in otherwise and condition:
@@ -205,7 +205,7 @@ def configuration_markdown() -> str:
     if schema.get("description"):
         lines += [" ".join(schema["description"].split()), ""]
     for section in schema["properties"]:
-        node = config._subschema(section)
+        node = config.subschema(section)
         lines += [f"## {section}", ""]
         if section == "models":
             lines += _models_section(node)
