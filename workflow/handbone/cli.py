@@ -11,15 +11,13 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 from . import config
 from .errors import ConfigError, HandboneError
 
 log = logging.getLogger("handbone")
-
-# A dataclass field's annotation (a string, with postponed annotations) -> its argparse type.
-NUMBER_TYPES = {"int": int, "float": float, "<class 'int'>": int, "<class 'float'>": float}
 
 
 def _json(text: str):
@@ -325,11 +323,13 @@ def _data_commands(commands) -> None:
 
     sub = _command(commands, "demo-data", cmd_demo_data, "write the synthetic hand X-ray data set")
     sub.add_argument("--out", required=True, help="output folder (gets data/ and ground_truth/)")
+    # The annotations, not the defaults' types: a float option may default to a whole number in config.yaml.
+    types = typing.get_type_hints(SyntheticConfig)
     for field in dataclasses.fields(SyntheticConfig):
         sub.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
-            type=NUMBER_TYPES[str(field.type)],
+            type=types[field.name],
             default=field.default,
             help=f"synthetic.{field.name} (default: %(default)s)",
         )
