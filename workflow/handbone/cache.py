@@ -4,12 +4,15 @@ Every training image is decoded and contrast-enhanced once; training then
 reads it many times. Per image the cache holds two ``.npy`` files that are
 memory-mapped on reading, so a crop touches only its own rows:
 
-- ``<stem>.image.npy``: uint8 (H, W), the preprocessed image;
-- ``<stem>.mask.npy``: uint8 (H, W, 4), the 29 class bits of each pixel
+- ``<stem>.image.npy``: uint8 (h, w), the preprocessed image in the frame
+  the networks see it in (frames.py: mirrored and cropped when the options
+  say so; the whole image otherwise);
+- ``<stem>.mask.npy``: uint8 (h, w, 4), the 29 class bits of each pixel
   packed with ``np.packbits(..., bitorder="little")`` along the last axis.
 
-``cache.csv`` lists the entries with their sizes, sources and CRC-32 of
-both files; ``options.json`` holds the preprocessing options. Training
+``cache.csv`` lists the entries with their frame's size, the image's
+original size, the frame, sources and CRC-32 of both files;
+``options.json`` holds the preprocessing options. Training
 checks every entry it uses against its CRC first (``verify_cache``) and
 rebuilds a damaged one from its PNG and JSON instead of training on it. The
 same ``preprocess`` function is applied to test images at prediction time.
@@ -17,6 +20,7 @@ same ``preprocess`` function is applied to test images at prediction time.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import zlib
@@ -30,6 +34,7 @@ from . import config
 from .atomic import atomic_path
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
+from .frames import Frame, frame_for, frame_from_record, frame_record, read_frames, to_network
 from .masks import pack_mask, unpack_mask
 from .preprocess import preprocess
 
@@ -44,9 +49,10 @@ def file_crc(path: Path) -> int:
     return checksum
 
 
-def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray) -> dict:
-    """Save one cache entry (``row``: its index row) and return its line of
-    cache.csv, with the CRC-32 of both files."""
+def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray, frame: Frame) -> dict:
+    """Save one cache entry (``row``: its index row; image and mask already
+    in ``frame``) and return its line of cache.csv, with the CRC-32 of both
+    files."""
     stem = Path(row["image_name"]).stem
     np.save(folder / f"{stem}.image.npy", image)
     np.save(folder / f"{stem}.mask.npy", packed_mask)
@@ -55,6 +61,9 @@ def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray) -
         "stem": stem,
         "height": image.shape[0],
         "width": image.shape[1],
+        "image_height": frame.height,
+        "image_width": frame.width,
+        **frame_record(frame),
         "image_path": row["image_path"],
         "label_path": row["label_path"],
         "image_crc": file_crc(folder / f"{stem}.image.npy"),
@@ -62,21 +71,35 @@ def write_entry(folder: Path, row, image: np.ndarray, packed_mask: np.ndarray) -
     }
 
 
-def _write_labelled_entry(folder: Path, row, options: dict) -> dict:
-    image = preprocess(read_image(row["image_path"]), options)
-    return write_entry(folder, row, image, pack_mask(mask_for_row(row)))
+def network_input(image: np.ndarray, frame: Frame, options: dict) -> np.ndarray:
+    """A raw image as the networks see it: preprocessed, then in its frame."""
+    return to_network(preprocess(image, options), frame)
 
 
-def build_cache(index_path: str | Path, out: str | Path, options: dict, progress: bool = True) -> Path:
-    """Write the cache of every training image listed in the index."""
+def _write_labelled_entry(folder: Path, row, options: dict, frame: Frame) -> dict:
+    image = network_input(read_image(row["image_path"]), frame, options)
+    return write_entry(folder, row, image, to_network(pack_mask(mask_for_row(row)), frame), frame)
+
+
+def build_cache(
+    index_path: str | Path, out: str | Path, options: dict, frames_path=None, progress: bool = True
+) -> Path:
+    """Write the cache of every training image listed in the index, each in
+    its frame from ``frames_path`` (frames.csv; without it, or for an image
+    it does not list, estimated from the image)."""
     options = config.section("preprocess", options, "preprocess options")
     index = read_index(index_path, "train")
+    known = read_frames(frames_path) if frames_path else None
     out = Path(out)
+
+    def entry(row):
+        frame = frame_for(row["image_name"], read_image(row["image_path"]), options, known)
+        return _write_labelled_entry(staging, row, options, frame)
+
     with atomic_path(out) as staging:
         staging.mkdir(parents=True)
         rows = [
-            _write_labelled_entry(staging, row, options)
-            for _, row in tqdm(index.iterrows(), total=len(index), desc="preprocess", disable=not progress)
+            entry(row) for _, row in tqdm(index.iterrows(), total=len(index), desc="preprocess", disable=not progress)
         ]
         pd.DataFrame(rows).to_csv(staging / "cache.csv", index=False)
         (staging / "options.json").write_text(json.dumps(options, sort_keys=True) + "\n")
@@ -122,9 +145,33 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
             spare_dir,
         )
         spare_dir.mkdir(parents=True, exist_ok=True)
-        _write_labelled_entry(spare_dir, {**row.to_dict(), "image_name": row["image_name"]}, options)
+        _write_labelled_entry(spare_dir, {**row.to_dict(), "image_name": row["image_name"]}, options, entry_frame(row))
         locations[stem] = spare_dir
     return locations
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_table(cache_dir: str) -> pd.DataFrame:
+    return pd.read_csv(Path(cache_dir) / "cache.csv", keep_default_na=False, dtype={"stem": str}).set_index("stem")
+
+
+def entry_frame(row) -> Frame:
+    """The frame of a cache.csv row (a cache from before frames: the whole image)."""
+    if "flip" not in row or row["flip"] == "":
+        return Frame.whole(int(row["height"]), int(row["width"]))
+    return frame_from_record(row, int(row["image_height"]), int(row["image_width"]))
+
+
+def original_labels(cache_dir: str | Path, stem: str) -> np.ndarray:
+    """(29, H, W) uint8 labels of a cached training image on the original
+    image: the cached mask when its frame is the whole image, else drawn
+    from the label file again (a crop may have cut labelled pixels, which
+    must count against the predictions)."""
+    row = _cache_table(str(cache_dir)).loc[stem]
+    frame = entry_frame(row)
+    if frame.is_whole:
+        return CacheEntry(cache_dir, stem).mask()
+    return mask_for_row({"label_path": row["label_path"], "height": frame.height, "width": frame.width})
 
 
 class CacheEntry:

@@ -70,10 +70,17 @@ def cmd_split(args) -> None:
     )
 
 
+def cmd_frames(args) -> None:
+    from .frames import write_frames
+
+    table = write_frames(args.index, args.image_stats, args.options, args.out, progress=_progress(args))
+    log.info("frames of %d images written to %s (%d mirrored)", len(table), args.out, int(table["flip"].sum()))
+
+
 def cmd_preprocess(args) -> None:
     from .cache import build_cache
 
-    build_cache(args.index, args.out, args.options, progress=_progress(args))
+    build_cache(args.index, args.out, args.options, args.frames, progress=_progress(args))
     log.info("preprocessing cache written to %s", args.out)
 
 
@@ -148,6 +155,7 @@ def cmd_predict(args) -> None:
         args.overlap,
         args.batch_size,
         description=f"predict {len(images)} images",
+        frames_path=args.frames,
     )
     log.info("probability maps of %d images written to %s", len(images), args.out_dir)
 
@@ -167,6 +175,7 @@ def cmd_pseudo_label(args) -> None:
         args.pixel_confidence,
         args.ignore_uncertain,
         _progress(args),
+        frames_path=args.frames,
         hflip=args.hflip,
         scales=args.scales,
         overlap=args.overlap,
@@ -283,6 +292,9 @@ def image_source(sub):
 def predict_options(sub):
     sub.add_argument("--preprocess", type=_json, default={}, help="preprocess section as JSON (as for training)")
     sub.add_argument(
+        "--frames", help="frames CSV (rule frames); an image it does not list gets its frame estimated from its pixels"
+    )
+    sub.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
         default=config.default("predict.hflip"),
@@ -379,6 +391,16 @@ def _data_commands(commands) -> None:
     sub.add_argument("--out", required=True, help="folds CSV: image_name, person_id, fold, excluded, exclusion_reason")
     sub.add_argument("--excluded-out", help="also write the excluded images alone to this CSV")
 
+    sub = _command(
+        commands, "frames", cmd_frames, "each image's side and hand crop, as the networks will see it (frames.py)"
+    )
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--image-stats", required=True, help="the EDA's image_stats.csv (the side from the labels)")
+    sub.add_argument(
+        "--options", type=_json, default={}, help="preprocess section as JSON (what it leaves out: config.yaml's)"
+    )
+    sub.add_argument("--out", required=True, help="frames CSV")
+
     sub = _command(commands, "preprocess", cmd_preprocess, "build the preprocessing cache of the training images")
     sub.add_argument("--index", required=True)
     sub.add_argument(
@@ -387,6 +409,7 @@ def _data_commands(commands) -> None:
         default={},
         help='preprocess section as JSON, e.g. \'{"clahe": {"enabled": false}}\' (what it leaves out: config.yaml\'s)',
     )
+    sub.add_argument("--frames", help="frames CSV (rule frames); without it each image's frame is estimated from it")
     sub.add_argument("--out", required=True, help="cache folder")
 
 

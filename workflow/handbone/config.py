@@ -133,10 +133,14 @@ def model_specs(config: dict) -> dict[str, dict]:
 
 def train_options(config: dict, model: str) -> dict:
     """The shared train section with the model's own overrides on top (its
-    augment options key by key, like the section they override)."""
+    augment options key by key, like the section they override). With
+    preprocess.unify_side right the hflip augmentation is off: it would
+    mirror the right hands back into left ones."""
     own = config["models"][model].get("train", {})
     options = {**config["train"], **own}
     options["augment"] = {**config["train"]["augment"], **own.get("augment", {})}
+    if config["preprocess"]["unify_side"] == "right":
+        options["augment"]["hflip"] = 0.0
     return options
 
 

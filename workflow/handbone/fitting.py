@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import config, probmaps
 from .atomic import write_json, write_table
-from .cache import CacheEntry
+from .cache import original_labels
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_folds, usable_images
 from .ensemble import combine, uniform_weights, union_box
@@ -103,7 +103,7 @@ def fit_ensemble(
     hard_sums = np.zeros(NUM_CLASSES)
     for stem, paths in tqdm(images, desc="fit ensemble", disable=not progress):
         maps = [probmaps.load_crops(paths[model]) for model in models]
-        ground_truth = CacheEntry(cache_dir, stem).mask()
+        ground_truth = original_labels(cache_dir, stem)
         for number, gt_box in enumerate(_gt_boxes(ground_truth)):
             region = top, bottom, left, right = union_box([gt_box] + [boxes[number] for _, boxes, _ in maps])
             gt = ground_truth[number, top:bottom, left:right].astype(bool)
@@ -216,7 +216,7 @@ def _fit_thresholds(images, models, cache_dir, ensemble: dict, options: dict, pr
     for stem, (_shape, boxes, crops) in tqdm(
         _ensemble_oof(images, models, ensemble), total=len(images), desc="fit thresholds", disable=not progress
     ):
-        ground_truth = CacheEntry(cache_dir, stem).mask()
+        ground_truth = original_labels(cache_dir, stem)
         for number, gt_box in enumerate(_gt_boxes(ground_truth)):
             region = top, bottom, left, right = union_box([gt_box, boxes[number]])
             gt = ground_truth[number, top:bottom, left:right].astype(bool)
@@ -248,7 +248,7 @@ def _oof_components(images, models, cache_dir, ensemble: dict, thresholds: list,
     for stem, (_shape, boxes, crops) in tqdm(
         _ensemble_oof(images, models, ensemble), total=len(images), desc="fit components", disable=not progress
     ):
-        ground_truth = CacheEntry(cache_dir, stem).mask()
+        ground_truth = original_labels(cache_dir, stem)
         image_components = []
         for number in range(NUM_CLASSES):
             actual = int(ground_truth[number].sum())

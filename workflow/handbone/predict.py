@@ -10,11 +10,12 @@ from tqdm import tqdm
 
 from . import config, probmaps
 from .atomic import atomic_path
+from .cache import network_input
 from .data import read_folds, read_image, read_index
 from .errors import DataError
+from .frames import frame_for, read_frames, to_original
 from .inference import predict_probabilities
 from .model import load_checkpoint
-from .preprocess import preprocess
 
 
 def split_images(index_path: str | Path, split: str) -> list[tuple[str, Path]]:
@@ -84,13 +85,17 @@ def predict_images(
     overlap: float | None = None,
     batch_size: int | None = None,
     description: str = "predict",
+    frames_path=None,
 ) -> Path:
     """Write one map per image (``probmaps.map_filename``): the mean of the
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
     multi-scale TTA over ``scales`` (see inference.predict_probabilities).
+    Each image is predicted in its frame (from ``frames_path``, else
+    estimated from it; frames.py) and its map brought back to the image.
     Options left out take config.yaml's predict values. The folder appears
     only when every map is written."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
+    known = read_frames(frames_path) if frames_path else None
     groups = load_model_groups(checkpoints, device)
     filenames = [probmaps.map_filename(name) for name, _ in images]
     shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})
@@ -112,6 +117,9 @@ def predict_images(
         for (name, path), filename in tqdm(
             zip(images, filenames), total=len(images), desc=description, disable=not progress
         ):
-            image = preprocess(read_image(path), preprocess_options)
-            probmaps.save(staging / filename, mean_probabilities(groups, image, device, **options), name)
+            raw = read_image(path)
+            frame = frame_for(name, raw, preprocess_options, known)
+            image = network_input(raw, frame, preprocess_options)
+            probabilities = to_original(mean_probabilities(groups, image, device, **options), frame)
+            probmaps.save(staging / filename, probabilities, name)
     return Path(out_dir)

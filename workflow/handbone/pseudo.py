@@ -14,7 +14,8 @@ its uncertain pixels (probability between 1 - c and c) can be left out of
 the loss. The labels are written as a cache in the layout of the preprocessing
 cache (``preprocess``), so training reads them like real ones:
 
-- ``<stem>.image.npy``: the preprocessed image;
+- ``<stem>.image.npy``: the preprocessed image, in its frame (frames.py)
+  like the training cache's;
 - ``<stem>.mask.npy``: uint8 (H, W, 4) packed class bits, or (H, W, 8)
   when uncertain pixels are ignored: bytes 4-7 hold one "ignore" bit per
   class, packed the same way;
@@ -34,14 +35,14 @@ from tqdm import tqdm
 
 from . import config
 from .atomic import atomic_path
-from .cache import write_entry
+from .cache import network_input, write_entry
 from .classes import CLASSES
 from .data import read_image, read_index
 from .errors import ConfigError, DataError
+from .frames import frame_for, read_frames
 from .masks import pack_mask
 from .metrics import SMOOTH
 from .predict import load_model_groups, mean_probabilities
-from .preprocess import preprocess
 
 log = logging.getLogger("handbone")
 
@@ -88,11 +89,14 @@ def write_pseudo_labels(
     pixel_confidence: float,
     ignore_uncertain: bool,
     progress: bool = True,
+    frames_path=None,
     **predict_options,
 ) -> pd.DataFrame:
     """Predict every test image of the index with the mean of
     ``checkpoints`` and write the confident ones as a pseudo-label cache
-    (module docstring); returns the table of every image's confidence."""
+    (module docstring); returns the table of every image's confidence.
+    Each image is predicted and kept in its frame from ``frames_path`` (else
+    estimated from it)."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     _check_pixel_confidence(pixel_confidence)
     if not 0.0 <= confidence <= 1.0:
@@ -101,11 +105,15 @@ def write_pseudo_labels(
     if test.empty:
         raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device)
+    known = read_frames(frames_path) if frames_path else None
     rows, kept = [], []
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for _, row in tqdm(test.iterrows(), total=len(test), desc="pseudo-label", disable=not progress):
-            image = preprocess(read_image(row["image_path"]), preprocess_options)
+            raw = read_image(row["image_path"])
+            frame = frame_for(row["image_name"], raw, preprocess_options, known)
+            # Kept in the frame: the pseudo-labels train networks that see this frame.
+            image = network_input(raw, frame, preprocess_options)
             probabilities = mean_probabilities(groups, image, device, **predict_options)
             per_class = class_confidence(probabilities)
             score = float(per_class.mean())
@@ -124,7 +132,7 @@ def write_pseudo_labels(
             if score < confidence:
                 continue
             packed = pack_pseudo_mask(mask, uncertain if ignore_uncertain else None)
-            kept.append({**write_entry(staging, row, image, packed), "person_id": row["person_id"]})
+            kept.append({**write_entry(staging, row, image, packed, frame), "person_id": row["person_id"]})
         table = pd.DataFrame(rows)
         table.to_csv(staging / "confidence.csv", index=False, float_format="%.6f")
         columns = [
@@ -133,6 +141,13 @@ def write_pseudo_labels(
             "person_id",
             "height",
             "width",
+            "image_height",
+            "image_width",
+            "flip",
+            "top",
+            "bottom",
+            "left",
+            "right",
             "image_path",
             "label_path",
             "image_crc",

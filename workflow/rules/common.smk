@@ -98,6 +98,12 @@ def preprocess_key():
 CACHE = f"results/cache/{preprocess_key()}"
 
 
+def frame_options():
+    """The preprocess options that decide an image's frame (frames.py); the
+    others (CLAHE) leave the frames table as it is."""
+    return {key: config["preprocess"][key] for key in ("unify_side", "crop", "crop_margin")}
+
+
 def synthetic_arguments():
     return " ".join(
         f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in sorted(config["synthetic"].items())
@@ -136,6 +142,7 @@ def final_outputs():
         "results/eda/class_stats.csv",
         "results/cv/cv_scores.csv",
         "results/cv/metrics.json",
+        "results/frames/frames.csv",
         "results/overlays/test",
     ]
     outputs += expand("results/cv/models/{model}/learning_curves.png", model=MODELS)

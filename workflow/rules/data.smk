@@ -131,9 +131,35 @@ rule split:
         " --out {output.folds:q} --excluded-out {output.excluded:q} 2> {log:q}"
 
 
+rule frames:
+    input:
+        index="results/index/index.csv",
+        image_stats="results/eda/image_stats.csv",
+    output:
+        report(
+            "results/frames/frames.csv",
+            caption="../report/frames.rst",
+            category="1. Data",
+            subcategory="Tables",
+        ),
+    log:
+        "results/logs/frames.log",
+    benchmark:
+        "results/benchmarks/frames.tsv"
+    conda:
+        ENV
+    threads: 1
+    params:
+        options=as_json(frame_options()),
+    shell:
+        "python -m handbone --quiet frames --index {input.index:q} --image-stats {input.image_stats:q}"
+        " --options {params.options:q} --out {output:q} 2> {log:q}"
+
+
 rule preprocess:
     input:
-        "results/index/index.csv",
+        index="results/index/index.csv",
+        frames="results/frames/frames.csv",
     output:
         directory(CACHE),
     log:
@@ -146,7 +172,8 @@ rule preprocess:
     params:
         options=as_json(config["preprocess"]),
     shell:
-        "python -m handbone --quiet preprocess --index {input:q} --options {params.options:q} --out {output:q} 2> {log:q}"
+        "python -m handbone --quiet preprocess --index {input.index:q} --frames {input.frames:q}"
+        " --options {params.options:q} --out {output:q} 2> {log:q}"
 
 
 # Not part of `all` (it needs graphviz's dot): snakemake --cores 1 dag

@@ -6,6 +6,7 @@ rule predict_oof:
     input:
         index="results/index/index.csv",
         folds="results/splits/folds.csv",
+        frames="results/frames/frames.csv",
         checkpoint="results/models/{model}/fold{fold}/model.pt",
     output:
         directory("results/predictions/{model}/oof/fold{fold}"),
@@ -22,12 +23,14 @@ rule predict_oof:
         options=predict_options(),
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --folds {input.folds:q} --fold {wildcards.fold}"
-        " --checkpoints {input.checkpoint:q} {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --frames {input.frames:q} --checkpoints {input.checkpoint:q} {params.options} --out-dir {output:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule predict_test:
     input:
         index="results/index/index.csv",
+        frames="results/frames/frames.csv",
         checkpoints=expand("results/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
     output:
         directory("results/predictions/{model}/test"),
@@ -43,8 +46,8 @@ rule predict_test:
     params:
         options=predict_options(),
     shell:
-        "python -m handbone --quiet predict --index {input.index:q} --split test --checkpoints {input.checkpoints:q}"
-        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        "python -m handbone --quiet predict --index {input.index:q} --split test --frames {input.frames:q}"
+        " --checkpoints {input.checkpoints:q} {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule predict_extra:

@@ -22,6 +22,7 @@ for _model in PSEUDO_MODELS if PSEUDO_ROUNDS and PSEUDO["ignore_uncertain"] else
 rule pseudo_label:
     input:
         index="results/index/index.csv",
+        frames="results/frames/frames.csv",
         checkpoints=lambda wildcards: expand(
             "{folder}/models/{model}/fold{fold}/model.pt",
             folder=round_dir(int(wildcards.round) - 1),
@@ -45,7 +46,8 @@ rule pseudo_label:
         pixel_confidence=PSEUDO["pixel_confidence"],
         ignore="--ignore-uncertain" if PSEUDO["ignore_uncertain"] else "--no-ignore-uncertain",
     shell:
-        "python -m handbone --quiet pseudo-label --index {input.index:q} --checkpoints {input.checkpoints:q}"
+        "python -m handbone --quiet pseudo-label --index {input.index:q} --frames {input.frames:q}"
+        " --checkpoints {input.checkpoints:q}"
         " --confidence {params.confidence} --pixel-confidence {params.pixel_confidence} {params.ignore}"
         " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
 
@@ -71,6 +73,7 @@ use rule predict_oof as predict_oof_pseudo with:
     input:
         index="results/index/index.csv",
         folds="results/splits/folds.csv",
+        frames="results/frames/frames.csv",
         checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
     output:
         directory("results/pseudo/round{round}/predictions/{model}/oof/fold{fold}"),
@@ -83,6 +86,7 @@ use rule predict_oof as predict_oof_pseudo with:
 use rule predict_test as predict_test_pseudo with:
     input:
         index="results/index/index.csv",
+        frames="results/frames/frames.csv",
         checkpoints=expand("results/pseudo/round{{round}}/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
     output:
         directory("results/pseudo/round{round}/predictions/{model}/test"),

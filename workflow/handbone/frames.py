@@ -1,0 +1,236 @@
+"""The frame a network sees an image in: left hands mirrored to right ones
+(``preprocess.unify_side: right``) and the hand's region cut out
+(``preprocess.crop: hand``).
+
+Both are estimated from the pixels alone (test images have no labels, and
+real file names carry no reliable side), by one function, ``frame_of``, for
+training, out-of-fold, test, pseudo-label and extra images alike. The
+training cache holds images and masks in this frame; every predicted map is
+brought back to the original image (``to_original``: mirrored back, pasted
+into a map of the image's size) before it is stored, so the ensemble, the
+post-processing and the submission never see the frame.
+
+The crop is a square (resize mode keeps the hand's proportions) around the
+body part's bounding box, widened by a margin; where it reaches past the
+image it is padded with black, the background of a radiograph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import config
+from .atomic import write_table
+from .data import mask_for_row, read_image, read_index
+from .errors import DataError
+from .pose import foreground_mask, pixel_pose
+
+log = logging.getLogger("handbone")
+
+FRAME_FIELDS = ("flip", "top", "bottom", "left", "right")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where the network's input lies in an image of ``height`` x ``width``:
+    rows ``top:bottom`` and columns ``left:right`` (which may reach past
+    the image), mirrored left to right when ``flip``."""
+
+    height: int
+    width: int
+    flip: bool
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @classmethod
+    def whole(cls, height: int, width: int) -> Frame:
+        return cls(height, width, False, 0, height, 0, width)
+
+    @property
+    def is_whole(self) -> bool:
+        return not self.flip and (self.top, self.bottom, self.left, self.right) == (0, self.height, 0, self.width)
+
+    def _overlap(self) -> tuple[slice, slice, slice, slice]:
+        """(rows, columns) of the image and (rows, columns) of the crop that show the same pixels."""
+        top, bottom = max(self.top, 0), min(self.bottom, self.height)
+        left, right = max(self.left, 0), min(self.right, self.width)
+        return (
+            slice(top, bottom),
+            slice(left, right),
+            slice(top - self.top, bottom - self.top),
+            slice(left - self.left, right - self.left),
+        )
+
+
+def hand_box(image: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a square around the body part (the
+    largest bright region, as the pixel pose finds it), its side the box's
+    longer side plus ``margin`` of it on each side, at most the image's
+    longer side; the whole image when no body part is found."""
+    height, width = image.shape[:2]
+    body = foreground_mask(image)
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    if rows.size == 0:
+        return 0, height, 0, width
+    # The mask is found at a smaller scale: back to pixels, rounding outwards.
+    scale_y, scale_x = height / body.shape[0], width / body.shape[1]
+    top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
+    left, right = cols[0] * scale_x, (cols[-1] + 1) * scale_x
+    side = min(max(bottom - top, right - left) * (1 + 2 * margin), max(height, width))
+    side = int(np.ceil(side))
+    centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
+    top, left = int(round(centre_y - side / 2)), int(round(centre_x - side / 2))
+    return top, top + side, left, left + side
+
+
+def frame_of(image: np.ndarray, options: dict, side: str | None = None) -> Frame:
+    """The frame of a raw (not yet preprocessed) image under the preprocess
+    ``options`` (the config's preprocess section); ``side``: the pixel
+    pose's side of the image, when already known."""
+    height, width = image.shape[:2]
+    if options["unify_side"] == "right" and side is None:
+        side = pixel_pose(image)["side"]
+    flip = options["unify_side"] == "right" and side == "left"
+    top, bottom, left, right = 0, height, 0, width
+    if options["crop"] == "hand":
+        top, bottom, left, right = hand_box(image, float(options["crop_margin"]))
+    return Frame(height, width, flip, top, bottom, left, right)
+
+
+def to_network(array: np.ndarray, frame: Frame) -> np.ndarray:
+    """An image-shaped array (rows and columns first: an image, a packed
+    mask) in the frame: cropped, padded with zeros, mirrored."""
+    if frame.is_whole:
+        return array
+    if array.shape[:2] != (frame.height, frame.width):
+        raise DataError(
+            f"array of shape {array.shape} does not match its frame's image ({frame.height}, {frame.width})"
+        )
+    image_rows, image_cols, crop_rows, crop_cols = frame._overlap()
+    crop = np.zeros((frame.bottom - frame.top, frame.right - frame.left) + array.shape[2:], array.dtype)
+    crop[crop_rows, crop_cols] = array[image_rows, image_cols]
+    return np.ascontiguousarray(crop[:, ::-1]) if frame.flip else crop
+
+
+def to_original(maps: np.ndarray, frame: Frame) -> np.ndarray:
+    """(C, h, w) maps predicted in the frame, back on the image: mirrored
+    back and pasted into maps of the image's size, zero outside the crop."""
+    if frame.is_whole:
+        return maps
+    expected = (frame.bottom - frame.top, frame.right - frame.left)
+    if maps.shape[1:] != expected:
+        raise DataError(f"maps of shape {maps.shape} do not match their frame's crop {expected}")
+    if frame.flip:
+        maps = maps[:, :, ::-1]
+    image_rows, image_cols, crop_rows, crop_cols = frame._overlap()
+    full = np.zeros((maps.shape[0], frame.height, frame.width), maps.dtype)
+    full[:, image_rows, image_cols] = maps[:, crop_rows, crop_cols]
+    return full
+
+
+def frame_record(frame: Frame) -> dict:
+    return {field: getattr(frame, field) for field in FRAME_FIELDS}
+
+
+def frame_from_record(record, height: int, width: int) -> Frame:
+    """The frame written by ``frame_record`` (a row of frames.csv or cache.csv)."""
+    flip = record["flip"]
+    flip = flip if isinstance(flip, (bool, np.bool_)) else str(flip).strip().lower() == "true"
+    return Frame(height, width, bool(flip), *(int(record[field]) for field in FRAME_FIELDS[1:]))
+
+
+def read_frames(path: str | Path) -> dict[str, Frame]:
+    """{image name: frame} of a frames table (``write_frames``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: frames table does not exist (rule frames writes it)")
+    table = pd.read_csv(path, keep_default_na=False)
+    missing = [column for column in ("image_name", "height", "width", *FRAME_FIELDS) if column not in table.columns]
+    if missing:
+        raise DataError(f"{path}: frames table lacks column(s) {missing}")
+    return {
+        row["image_name"]: frame_from_record(row, int(row["height"]), int(row["width"])) for _, row in table.iterrows()
+    }
+
+
+def frame_for(name: str, image: np.ndarray, options: dict, known: dict[str, Frame] | None) -> Frame:
+    """The frame of a raw image: from ``known`` (a frames table) when it
+    lists the image, else estimated now the same way."""
+    if known is not None and name in known:
+        frame = known[name]
+        if (frame.height, frame.width) != image.shape[:2]:
+            raise DataError(
+                f"{name}: the frames table was made for an image of {frame.height} x {frame.width}, "
+                f"this one is {image.shape[0]} x {image.shape[1]}; rerun the frames rule"
+            )
+        return frame
+    return frame_of(image, options)
+
+
+def _label_share_inside(row, frame: Frame) -> float:
+    """The share of a training image's labelled pixels inside its crop."""
+    labelled = mask_for_row(row).any(axis=0)
+    total = int(labelled.sum())
+    image_rows, image_cols, _, _ = frame._overlap()
+    return float(labelled[image_rows, image_cols].sum()) / total if total else 1.0
+
+
+def write_frames(index_path, image_stats_path, options: dict, out, progress: bool = True) -> pd.DataFrame:
+    """The frame of every image of the index, with the side estimated from
+    the pixels next to the EDA's estimate from the labels (training images),
+    and the share of each training image's labelled pixels that its crop
+    keeps; a disagreement or a crop that cuts labels is logged."""
+    options = config.section("preprocess", options, "preprocess options")
+    index = read_index(index_path)
+    stats = pd.read_csv(image_stats_path, keep_default_na=False).set_index("image_name")
+    rows = []
+    for _, row in tqdm(index.iterrows(), total=len(index), desc="frames", disable=not progress):
+        image = read_image(row["image_path"])
+        side_from_pixels = pixel_pose(image)["side"]
+        frame = frame_of(image, options, side_from_pixels)
+        side_from_labels = stats["side_from_labels"].get(row["image_name"], "")
+        rows.append(
+            {
+                "image_name": row["image_name"],
+                "split": row["split"],
+                "height": frame.height,
+                "width": frame.width,
+                "side_from_pixels": side_from_pixels,
+                "side_from_labels": side_from_labels,
+                "sides_agree": "" if not side_from_labels else side_from_pixels == side_from_labels,
+                **frame_record(frame),
+                "labels_inside_crop": _label_share_inside(row, frame) if row["label_path"] else "",
+            }
+        )
+    table = pd.DataFrame(rows)
+    _log_findings(table)
+    write_table(table, out)
+    return table
+
+
+def _log_findings(table: pd.DataFrame) -> None:
+    disagree = table[table["sides_agree"].astype(str) == "False"]
+    if len(disagree):
+        log.warning(
+            "%d training image(s) whose side from the pixels differs from the side from the labels: %s",
+            len(disagree),
+            ", ".join(disagree["image_name"][:10]),
+        )
+    inside = pd.to_numeric(table["labels_inside_crop"], errors="coerce")
+    cut = table[inside < 1.0]
+    if len(cut):
+        log.warning(
+            "%d training image(s) whose hand crop leaves labelled pixels out (the least kept: %.3f of %s)",
+            len(cut),
+            inside.min(),
+            table.loc[inside.idxmin(), "image_name"],
+        )
+    log.info("%d of %d images mirrored", int(table["flip"].sum()), len(table))
