@@ -145,7 +145,10 @@ def verify_cache(cache_dir: str | Path, stems: list[str], spare_dir: str | Path)
             spare_dir,
         )
         spare_dir.mkdir(parents=True, exist_ok=True)
-        _write_labelled_entry(spare_dir, {**row.to_dict(), "image_name": row["image_name"]}, options, entry_frame(row))
+        frame = entry_frame(row)
+        # The labels are drawn at the image's size (the row's height and width are the frame's).
+        source = {**row.to_dict(), "height": frame.height, "width": frame.width}
+        _write_labelled_entry(spare_dir, source, options, frame)
         locations[stem] = spare_dir
     return locations
 

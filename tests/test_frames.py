@@ -1,0 +1,256 @@
+"""Frames: left hands mirrored to right ones and the hand's crop, found from
+the pixels, and every map brought back to the original image exactly."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from handbone.classes import CLASS_TO_INDEX
+
+UNIFY = {"unify_side": "right"}
+CROP = {"crop": "hand"}
+BOTH = {**UNIFY, **CROP}
+
+
+class Pointwise(torch.nn.Module):
+    """A 'model' whose output at a pixel depends only on that pixel, so a
+    frame that is undone exactly gives the same map as no frame."""
+
+    def forward(self, batch):
+        return (batch[:, :1] * 2.0 - 1.0).repeat(1, 29, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def hands(tmp_path_factory):
+    """A small synthetic set (with the demo's variety: off-centre, cut,
+    collimated hands, children) and its index."""
+    from handbone.data import index_data_root
+    from handbone.synthetic import SyntheticConfig, generate
+
+    folder = tmp_path_factory.mktemp("hands")
+    root = generate(folder / "set", SyntheticConfig(train_people=4, test_people=2, image_size=128, seed=3), False)
+    index = index_data_root(root / "data")
+    index.to_csv(folder / "index.csv", index=False)
+    return folder, index
+
+
+def _options(**chosen):
+    from handbone import config
+
+    return config.section("preprocess", chosen, "test")
+
+
+def _thumb_left_of_little_finger(mask: np.ndarray) -> bool:
+    """A right hand, fingers up (pose.py's convention): the thumb lies on the image's left."""
+    thumb = np.nonzero(mask[CLASS_TO_INDEX["finger-3"]])[1].mean()
+    little = np.nonzero(mask[CLASS_TO_INDEX["finger-19"]])[1].mean()
+    return thumb < little
+
+
+def test_frames_are_undone_exactly_inside_the_crop_and_leave_zeros_outside():
+    from handbone.frames import Frame, to_network, to_original
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((29, 40, 60)).astype(np.float32)
+    frames = [
+        Frame.whole(40, 60),
+        Frame(40, 60, True, 0, 40, 0, 60),
+        Frame(40, 60, False, 5, 35, 10, 40),
+        Frame(40, 60, True, -8, 52, 20, 80),  # reaches past three borders: padded
+    ]
+    for frame in frames:
+        network = to_network(np.moveaxis(maps, 0, -1), frame)
+        assert network.shape[:2] == (frame.bottom - frame.top, frame.right - frame.left)
+        back = to_original(np.moveaxis(network, -1, 0), frame)
+        inside = np.zeros((40, 60), bool)
+        inside[max(frame.top, 0) : frame.bottom, max(frame.left, 0) : frame.right] = True
+        assert np.array_equal(back[:, inside], maps[:, inside])
+        assert not back[:, ~inside].any()
+    padded = to_network(np.full((40, 60), 9, np.uint8), frames[3])
+    # Rows 8-47 show the image's 40 rows; columns 20-59 its columns 20-59,
+    # mirrored, so the padding past its right border is now on the left.
+    assert padded[8:48, 20:].min() == 9
+    assert padded[:8].max() == padded[48:].max() == padded[:, :20].max() == 0
+
+
+def test_left_hands_are_mirrored_into_right_ones_from_their_pixels(hands):
+    from handbone.data import mask_for_row, read_image
+    from handbone.frames import frame_of, to_network
+    from handbone.masks import pack_mask, unpack_mask
+
+    _, index = hands
+    train = index[index["split"] == "train"]
+    right_afterwards = 0
+    for _, row in train.iterrows():
+        frame = frame_of(read_image(row["image_path"]), _options(**UNIFY))
+        mask = mask_for_row(row)
+        mirrored = unpack_mask(to_network(pack_mask(mask), frame))
+        assert _thumb_left_of_little_finger(mirrored) == (_thumb_left_of_little_finger(mask) != frame.flip)
+        right_afterwards += _thumb_left_of_little_finger(mirrored)
+    # The pixels tell the side of most hands, not all (frames.csv lists the misjudged ones).
+    assert right_afterwards >= 0.75 * len(train)
+    # Without the option nothing is mirrored.
+    assert not any(frame_of(read_image(path), _options()).flip for path in train["image_path"])
+
+
+def test_the_hand_crop_keeps_every_labelled_pixel_and_spends_the_input_on_the_hand(hands):
+    from handbone.data import mask_for_row, read_image
+    from handbone.frames import frame_of
+
+    _, index = hands
+    shares = []
+    for _, row in index[index["split"] == "train"].iterrows():
+        frame = frame_of(read_image(row["image_path"]), _options(**CROP))
+        assert frame.bottom - frame.top == frame.right - frame.left  # square: resize keeps proportions
+        labelled = mask_for_row(row).any(axis=0)
+        inside = labelled[max(frame.top, 0) : frame.bottom, max(frame.left, 0) : frame.right].sum()
+        assert inside == labelled.sum(), row["image_name"]
+        shares.append((frame.bottom - frame.top) ** 2 / labelled.size)
+    assert min(shares) < 0.8  # some hands fill only part of the image: their crop is smaller
+
+
+@pytest.mark.parametrize("chosen", [UNIFY, CROP, BOTH], ids=["unify_side", "crop", "both"])
+def test_a_pointwise_model_gives_the_same_map_with_and_without_the_frame(hands, tmp_path, monkeypatch, chosen):
+    from handbone import predict, probmaps
+    from handbone.data import read_image
+    from handbone.frames import frame_of
+    from handbone.predict import predict_images, split_images
+
+    folder, _ = hands
+    monkeypatch.setattr(
+        predict, "load_checkpoint", lambda path, device: (Pointwise(), {"input_size": 32, "input_mode": "patch"})
+    )
+    images = split_images(folder / "index.csv", "train")
+    device = torch.device("cpu")
+    plain = predict_images(images, ["m.pt"], tmp_path / "plain", _options(), device, hflip=True, progress=False)
+    framed = predict_images(images, ["m.pt"], tmp_path / "framed", _options(**chosen), device, True, False)
+    flipped = 0
+    for name, path in images:
+        frame = frame_of(read_image(path), _options(**chosen))
+        flipped += frame.flip
+        expected = probmaps.load(plain / probmaps.map_filename(name))
+        result = probmaps.load(framed / probmaps.map_filename(name))
+        assert result.shape == expected.shape
+        inside = np.zeros(expected.shape[1:], bool)
+        inside[max(frame.top, 0) : frame.bottom, max(frame.left, 0) : frame.right] = True
+        assert np.array_equal(result[:, inside], expected[:, inside]), name
+        assert not result[:, ~inside].any()
+    assert (flipped > 0) == ("unify_side" in chosen)
+
+
+def test_a_left_hands_submission_rows_are_in_the_original_orientation(hands, tmp_path, monkeypatch):
+    """A network that sees only right hands, asked about a left hand: its
+    masks come back on the left hand, where the labels are."""
+    from handbone import predict, probmaps
+    from handbone.data import mask_for_row, read_image
+    from handbone.frames import frame_of, to_network
+    from handbone.masks import pack_mask, unpack_mask
+    from handbone.postprocess import PostprocessParams
+    from handbone.predict import predict_images
+    from handbone.rle import decode
+    from handbone.submission import write_submission
+
+    folder, index = hands
+    train = index[index["split"] == "train"]
+    left, frame = next(
+        (row, frame)
+        for _, row in train.iterrows()
+        if not _thumb_left_of_little_finger(mask_for_row(row))
+        and (frame := frame_of(read_image(row["image_path"]), _options(**BOTH))).flip
+    )
+    labels = mask_for_row(left)
+    in_frame = unpack_mask(to_network(pack_mask(labels), frame)).astype(np.float32)
+
+    class KnowsTheRightHand(torch.nn.Module):
+        """Answers the labels it was shown, in the frame (a right hand): what a
+        perfect network trained on mirrored hands would say."""
+
+        def forward(self, batch):
+            # One window (patch mode, the frame padded at its bottom and right up to it).
+            logits = torch.full((batch.shape[0], 29, *batch.shape[-2:]), -10.0)
+            logits[:, :, : in_frame.shape[1], : in_frame.shape[2]] = torch.from_numpy(in_frame * 20 - 10)
+            return logits
+
+    monkeypatch.setattr(
+        predict,
+        "load_checkpoint",
+        lambda path, device: (KnowsTheRightHand(), {"input_size": 128, "input_mode": "patch"}),
+    )
+    maps = predict_images(
+        [(left["image_name"], left["image_path"])],
+        ["m.pt"],
+        tmp_path / "maps",
+        _options(**BOTH),
+        torch.device("cpu"),
+        hflip=False,
+        progress=False,
+    )
+    assert np.array_equal(probmaps.load(maps / probmaps.map_filename(left["image_name"])) >= 0.5, labels.astype(bool))
+    test_index = tmp_path / "index.csv"
+    index[index["image_name"] == left["image_name"]].assign(split="test").to_csv(test_index, index=False)
+    out = write_submission(maps, test_index, tmp_path / "submission.csv", PostprocessParams.plain(), progress=False)
+    rows = pd.read_csv(out, keep_default_na=False)
+    for _, row in rows.iterrows():
+        decoded = decode(row["rle"], labels.shape[1:])
+        assert np.array_equal(decoded, labels[CLASS_TO_INDEX[row["class"]]]), row["class"]
+
+
+def test_the_cache_holds_the_frame_and_the_fit_scores_on_the_original_labels(hands, tmp_path):
+    from handbone.cache import CacheEntry, build_cache, original_labels, verify_cache
+    from handbone.data import mask_for_row, read_image
+    from handbone.frames import frame_of, to_network
+    from handbone.masks import pack_mask
+    from handbone.preprocess import preprocess
+
+    folder, index = hands
+    options = _options(**BOTH)
+    cache = build_cache(folder / "index.csv", tmp_path / "cache", options, progress=False)
+    table = pd.read_csv(cache / "cache.csv")
+    for _, row in index[index["split"] == "train"].iterrows():
+        stem = row["image_name"][:-4]
+        raw = read_image(row["image_path"])
+        frame = frame_of(raw, options)
+        entry = CacheEntry(cache, stem)
+        assert np.array_equal(entry.image, to_network(preprocess(raw, options), frame))
+        assert np.array_equal(np.asarray(entry.packed_mask), to_network(pack_mask(mask_for_row(row)), frame))
+        assert np.array_equal(original_labels(cache, stem), mask_for_row(row))
+    assert 0 < table["flip"].sum() < len(table)
+    # A damaged entry is rebuilt in its frame.
+    stem = table["stem"][int(np.argmax(table["flip"]))]
+    expected = np.array(CacheEntry(cache, stem).image)
+    (cache / f"{stem}.image.npy").write_bytes(b"broken")
+    locations = verify_cache(cache, [stem], tmp_path / "spare")
+    assert np.array_equal(CacheEntry(locations[stem], stem).image, expected)
+
+
+def test_the_frames_table_reports_sides_that_disagree_and_crops_that_cut(hands, tmp_path, caplog):
+    from handbone.data import read_image
+    from handbone.frames import read_frames, write_frames
+    from handbone.pose import pixel_pose
+
+    folder, index = hands
+    stats = index[["image_name", "split"]].copy()
+    stats["side_from_labels"] = [
+        pixel_pose(read_image(path))["side"] if split == "train" else ""
+        for path, split in zip(index["image_path"], index["split"])
+    ]
+    wrong = stats.index[stats["split"] == "train"][0]
+    stats.loc[wrong, "side_from_labels"] = {"left": "right", "right": "left"}[stats.loc[wrong, "side_from_labels"]]
+    stats.to_csv(tmp_path / "image_stats.csv", index=False)
+    table = write_frames(folder / "index.csv", tmp_path / "image_stats.csv", BOTH, tmp_path / "frames.csv", False)
+    assert table["sides_agree"].astype(str).tolist().count("False") == 1
+    assert stats.loc[wrong, "image_name"] in caplog.text and "differs from the side from the labels" in caplog.text
+    assert (table.loc[table["split"] == "test", "labels_inside_crop"] == "").all()
+    assert set(read_frames(tmp_path / "frames.csv")) == set(index["image_name"])
+
+
+def test_one_hand_training_turns_the_flip_augmentation_off():
+    from handbone import config
+
+    values = config.load_config([Path(__file__).resolve().parents[1] / "config.yaml"])
+    assert config.train_options(values, "unet_mobilenetv3")["augment"]["hflip"] > 0
+    values["preprocess"]["unify_side"] = "right"
+    assert config.train_options(values, "unet_mobilenetv3")["augment"]["hflip"] == 0
