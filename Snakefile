@@ -13,12 +13,18 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+# The report's front page: rendered by `snakemake --report`, it includes the
+# run's summary that rule run_summary writes (workflow/rules/analysis.smk).
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/submission.smk"
 include: "workflow/rules/pseudo.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

@@ -77,6 +77,23 @@ def test_overlays_of_test_images_and_extra_folders(finished_run):
     ]
 
 
+def test_report_opens_on_the_run_summary_and_holds_the_prediction_analysis(finished_run):
+    results = finished_run / "results"
+    analysis = pd.read_csv(results / "analysis" / "per_class.csv")
+    assert list(analysis["model"]) == ["tiny", "uniform ensemble"]
+    assert len(pd.read_csv(results / "analysis" / "added_last.csv")) == 1
+    assert len(list((results / "analysis" / "worst" / "tiny").glob("*.png"))) == 4
+    snakemake(finished_run, "--report", str(finished_run / "report.html"))
+    page = (finished_run / "report.html").read_text()
+    # The front page (the report's workflow description, JSON in the page) with the run's own numbers.
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", page).group(1))
+    holdout = json.loads((results / "scores" / "holdout.json").read_text())
+    cv = json.loads((results / "cv" / "metrics.json").read_text())["cv_dice"]["tiny"]
+    assert "summary of this run" in description and "System Message" not in description
+    assert f"{holdout['mean_dice']:.4f}" in description and f"{cv['mean_dice']:.4f}" in description
+    assert "7. Prediction analysis" in description and "similarity.png" in page
+
+
 @pytest.mark.skipif(
     shutil.which("dot") is None, reason="graphviz's dot is not installed (README: apt-get install graphviz)"
 )
@@ -149,7 +166,8 @@ def test_changing_the_threshold_reruns_only_what_depends_on_it(finished_run):
         "submission": "1",
         "overlays_test": "1",
         "overlays_extra": "1",
-        "total": "6",
+        "run_summary": "1",
+        "total": "7",
     }
 
 

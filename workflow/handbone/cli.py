@@ -275,6 +275,20 @@ def cmd_score(args) -> None:
     write_holdout_scores(args.submission, args.index, args.ground_truth, args.out_dir)
 
 
+def cmd_prediction_analysis(args) -> None:
+    from .analysis import write_prediction_analysis
+
+    write_prediction_analysis(args.oof, args.folds, args.index, args.out_dir, _progress(args))
+    log.info("prediction analysis written to %s", args.out_dir)
+
+
+def cmd_run_summary(args) -> None:
+    from .summary import FILES, write_run_summary
+
+    write_run_summary({name: getattr(args, name) for name in FILES}, args.out)
+    log.info("run summary written to %s", args.out)
+
+
 def _command(commands, name, function, help_text):
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(function=function)
@@ -628,6 +642,29 @@ def _score_commands(commands) -> None:
     sub.add_argument("--out-dir", required=True)
 
 
+def _analysis_commands(commands) -> None:
+    """The prediction analysis and the report's front page."""
+    from .summary import FILES
+
+    sub = _command(
+        commands,
+        "prediction-analysis",
+        cmd_prediction_analysis,
+        "Dice against bone area, the models' agreement and worst images, from out-of-fold maps",
+    )
+    sub.add_argument(
+        "--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)"
+    )
+    sub.add_argument("--folds", required=True, help="folds CSV (excluded images are left out)")
+    sub.add_argument("--index", required=True, help="index CSV (the labels, rasterised in the image's own frame)")
+    sub.add_argument("--out-dir", required=True)
+
+    sub = _command(commands, "run-summary", cmd_run_summary, "the run's summary for the report's front page (.rst)")
+    for name, help_text in FILES.items():
+        sub.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+    sub.add_argument("--out", required=True, help="reStructuredText file to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handbone", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -642,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_commands(commands)
     _ensemble_commands(commands)
     _score_commands(commands)
+    _analysis_commands(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The EDA figures (PNG, for the Snakemake report)."""
+"""The figures of the Snakemake report (PNG)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter, PercentFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .classes import CLASSES  # noqa: E402
@@ -136,4 +137,74 @@ def per_class_dice(rows: dict[str, np.ndarray], path: Path, title: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     axes.set_title(title)
+    _save(figure, path)
+
+
+def dice_against_area(per_image, path: Path, model: str) -> None:
+    """Dice of every image and class against the labelled bone's share of
+    the image, one panel per class group (``per_image``: one model's rows of
+    the analysis table). Bones absent from a label have no area to place."""
+    from .classes import CLASS_GROUPS
+
+    figure, panels = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+    present = per_image[per_image["area"] > 0]
+    for axes, (group, names) in zip(panels.flat, CLASS_GROUPS.items()):
+        colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+        for number, name in enumerate(names):
+            rows = present[present["class"] == name]
+            if len(rows):
+                axes.scatter(
+                    rows["area_share"],
+                    rows["dice"],
+                    s=12,
+                    alpha=0.7,
+                    color=colours(number),
+                    label=f"{name} ({rows['dice'].mean():.2f})",
+                )
+        absent = int((per_image["class"].isin(names) & (per_image["area"] == 0)).sum())
+        axes.set_title(group + (f" ({absent} absent from their labels)" if absent else ""), fontsize=10)
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("bone area (share of the image)")
+        axes.set_ylim(-0.03, 1.03)
+        axes.grid(alpha=0.3)
+        if axes.has_data():
+            axes.legend(fontsize=6, ncol=2 if len(names) > 8 else 1, loc="lower right", title="class (mean Dice)")
+    for axes in panels[:, 0]:
+        axes.set_ylabel("Dice (threshold 0.5)")
+    figure.suptitle(f"{model}: out-of-fold Dice of every image against bone area")
+    _save(figure, path)
+
+
+def similarity_heatmaps(table, models: list[str], path: Path) -> None:
+    """The mean Dice between two models' out-of-fold masks: the matrix of
+    the mean over classes, and per class for every pair of models
+    (``table``: the analysis's similarity table, one row per ordered pair)."""
+    figure, (matrix_axes, class_axes) = plt.subplots(
+        1, 2, figsize=(13, 1.8 + 0.45 * max(len(models), 4)), gridspec_kw={"width_ratios": [1, 2.6]}
+    )
+    by_pair = table.set_index(["model_a", "model_b"])
+    matrix = np.array([[by_pair.loc[(a, b), "mean_dice"] for b in models] for a in models])
+    image = matrix_axes.imshow(matrix, cmap="viridis", vmin=min(0.5, float(matrix.min())), vmax=1)
+    for (row, column), value in np.ndenumerate(matrix):
+        # Dark text on viridis's light (high) end, light text on its dark end.
+        colour = "black" if image.norm(value) > 0.6 else "white"
+        matrix_axes.text(column, row, f"{value:.3f}", ha="center", va="center", fontsize=8, color=colour)
+    matrix_axes.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
+    matrix_axes.set_yticks(range(len(models)), models, fontsize=8)
+    matrix_axes.set_title("mean over classes", fontsize=10)
+    figure.colorbar(image, ax=matrix_axes, fraction=0.046)
+    pairs = [(a, b) for number, a in enumerate(models) for b in models[number + 1 :]]
+    if pairs:
+        values = np.array([by_pair.loc[pair, CLASSES].to_numpy(dtype=float) for pair in pairs])
+        image = class_axes.imshow(values, cmap="viridis", vmin=min(0.5, float(values.min())), vmax=1, aspect="auto")
+        class_axes.set_yticks(range(len(pairs)), [f"{a} / {b}" for a, b in pairs], fontsize=7)
+        class_axes.set_xticks(range(len(CLASSES)), CLASSES, rotation=70, fontsize=7)
+        figure.colorbar(image, ax=class_axes, fraction=0.03, label="Dice between the two models' masks")
+    else:
+        class_axes.text(0.5, 0.5, "one model: no pair to compare", ha="center", va="center")
+        class_axes.set_axis_off()
+    class_axes.set_title("per class, every pair of models", fontsize=10)
+    figure.suptitle("Agreement of the models' out-of-fold masks (mean Dice between two models, threshold 0.5)")
     _save(figure, path)

@@ -149,6 +149,7 @@ def final_outputs():
     outputs += expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS)
     outputs += expand("results/overlays/extra/{images}", images=EXTRA_IMAGES)
     outputs.append("results/scores/holdout.json")
+    outputs += ["results/analysis/per_class.csv", "results/report/summary.rst"]
     if PSEUDO_ROUNDS:
         outputs += [f"{round_dir(number)}/submission.csv" for number in PSEUDO_ROUNDS]
         outputs.append("results/pseudo/rounds.csv")
