@@ -246,6 +246,23 @@ def _write_results(tmp_path, holdout=0.8123, models=("unet", "hrnet")):
     pd.DataFrame(
         {"image_name": ["b.png", "b.png", "d.png"], "reason": ["label_swap", "area_outlier", "truncated"]}
     ).assign(score=1, detail="").to_csv(files["outliers"], index=False)
+    pd.DataFrame(
+        {
+            "image_name": ["a.png", "b.png", "c.png", "d.png", "t.png"],
+            "split": ["train"] * 4 + ["test"],
+            "height": 8,
+            "width": 8,
+            "side_from_pixels": ["right", "right", "left", "right", "left"],
+            "side_from_labels": ["right", "right", "left", "left", ""],
+            "sides_agree": [True, True, True, False, ""],
+            "flip": [False, False, True, False, True],
+            "top": [0, 1, 0, 0, 2],
+            "bottom": [8, 7, 8, 8, 6],
+            "left": [0, 1, 0, 0, 2],
+            "right": [8, 7, 8, 8, 6],
+            "labels_inside_crop": [1.0, 0.95, 1.0, 1.0, ""],
+        }
+    ).to_csv(files["frames"], index=False)
     files["cv_metrics"].write_text(
         json.dumps({"cv_dice": {model: {"mean_dice": 0.7111, "folds": {"0": 0.7011, "1": 0.7211}} for model in models}})
     )
@@ -306,6 +323,12 @@ def test_summary_shows_the_numbers_of_the_run_files(tmp_path):
     assert "4 training images of 2 people and 1 test image." in text
     assert "1 training image is excluded" in text and "label swap (1)" in text
     assert "3 findings on 2 images" in text
+    assert (
+        "2 images of 5 mirrored" in text
+        and "85% of the image's side on average (``preprocess.crop``; smallest 50%)" in text
+    )
+    assert "agrees with the side from the labels on 3 of 4 training images (not on d.png)" in text
+    assert "1 crop cut labelled pixels (the least kept: 95.0%)" in text
     for number in ("0.7111", "0.7011", "0.7211", "0.7302", "0.7605", "+0.0101", "0.8123", "0.1234", "+0.0400"):
         assert number in html, number
     assert "ensemble + small components removed (not kept)" in html

@@ -25,6 +25,7 @@ FILES = {
     "index": "index CSV",
     "folds": "folds CSV (with the excluded images and why)",
     "outliers": "the EDA's outliers.csv",
+    "frames": "frames/frames.csv (each image's side and crop)",
     "cv_metrics": "cv/metrics.json",
     "ensemble_weights": "ensemble/weights.json",
     "ensemble_table": "ensemble/oof_scores.csv",
@@ -116,6 +117,34 @@ def _folds(files: dict) -> str:
     )
 
 
+def _frames(files: dict) -> str:
+    """What the networks saw: mirrored hands, crops, and where the pixels and the labels disagree on a side."""
+    frames = pd.read_csv(files["frames"], keep_default_na=False)
+    flipped = frames["flip"].astype(str) == "True"
+    disagree = frames.loc[frames["sides_agree"].astype(str) == "False", "image_name"]
+    labelled = (frames["sides_agree"].astype(str) != "").sum()
+    text = (
+        f"**Frames.** {count(int(flipped.sum()), 'image')} of {len(frames)} mirrored into right hands "
+        "(``preprocess.unify_side``); "
+    )
+    side = (frames["bottom"] - frames["top"]) / frames[["height", "width"]].max(axis=1)
+    if (side < 1).any():
+        text += f"the networks see a square around the hand of {side.mean():.0%} of the image's side on average "
+        text += f"(``preprocess.crop``; smallest {side.min():.0%}). "
+    else:
+        text += "the networks see the whole image. "
+    text += (
+        f"The side from the pixels agrees with the side from the labels on {labelled - len(disagree)} of "
+        f"{labelled} training images"
+    )
+    if len(disagree):
+        text += f" (not on {', '.join(escape(name) for name in disagree[:SHOWN_EXCLUDED])})"
+    inside = pd.to_numeric(frames["labels_inside_crop"], errors="coerce")
+    if (inside < 1).any():
+        text += f"; {count(int((inside < 1).sum()), 'crop')} cut labelled pixels (the least kept: {inside.min():.1%})"
+    return text + ".\n"
+
+
 def _cross_validation(files: dict) -> str:
     metrics = _read_json(files["cv_metrics"]).get("cv_dice")
     if not metrics:
@@ -201,7 +230,7 @@ def run_summary(files: dict) -> str:
     for name, path in paths.items():
         if not path.is_file():
             raise MissingInput(f"{path}: {FILES[name]} does not exist (the summary is written after the whole run)")
-    sections = [_data, _folds, _cross_validation, _ensemble, _holdout, _analysis]
+    sections = [_data, _frames, _folds, _cross_validation, _ensemble, _holdout, _analysis]
     return "\n".join(section(paths) for section in sections)
 
 

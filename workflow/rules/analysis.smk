@@ -73,6 +73,7 @@ rule run_summary:
         index="results/index/index.csv",
         folds="results/splits/folds.csv",
         outliers="results/eda/outliers.csv",
+        frames="results/frames/frames.csv",
         cv_metrics="results/cv/metrics.json",
         ensemble_weights="results/ensemble/weights.json",
         ensemble_table="results/ensemble/oof_scores.csv",
