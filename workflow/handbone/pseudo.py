@@ -39,7 +39,7 @@ from .cache import network_input, write_entry
 from .classes import CLASSES
 from .data import read_image, read_index
 from .errors import ConfigError, DataError
-from .frames import frame_for, read_frames
+from .frames import FRAME_FIELDS, frame_for, read_frames
 from .masks import pack_mask
 from .metrics import SMOOTH
 from .predict import load_model_groups, mean_probabilities
@@ -143,11 +143,7 @@ def write_pseudo_labels(
             "width",
             "image_height",
             "image_width",
-            "flip",
-            "top",
-            "bottom",
-            "left",
-            "right",
+            *FRAME_FIELDS,
             "image_path",
             "label_path",
             "image_crc",
