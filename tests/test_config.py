@@ -75,3 +75,9 @@ def test_a_model_overrides_the_shared_train_options_key_by_key():
     options = config.train_options(resolved, "m")
     assert options["lr"] == 0.1 and options["epochs"] == DEFAULTS["train"]["epochs"]
     assert options["augment"] == {**DEFAULTS["train"]["augment"], "rotate": 0}
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid_over_config_yaml(name):
+    values = config.load_config([REPO / "config.yaml", REPO / "configs" / name])
+    assert values["models"]
