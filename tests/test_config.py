@@ -74,7 +74,8 @@ def test_a_model_overrides_the_shared_train_options_key_by_key():
     resolved = config.resolve({"models": {"m": {"arch": "nnUNet", "train": {"lr": 0.1, "augment": {"rotate": 0}}}}})
     options = config.train_options(resolved, "m")
     assert options["lr"] == 0.1 and options["epochs"] == DEFAULTS["train"]["epochs"]
-    assert options["augment"] == {**DEFAULTS["train"]["augment"], "rotate": 0}
+    # hflip off: the default one-hand frames would be mirrored back (config.train_options).
+    assert options["augment"] == {**DEFAULTS["train"]["augment"], "rotate": 0, "hflip": 0.0}
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "configs").glob("*.yaml")))

@@ -100,6 +100,9 @@ def _oof_setup(tmp_path, models: dict, truth: np.ndarray, names=("a.png", "b.png
         for model, probabilities in models.items():
             probmaps.save(tmp_path / model / "oof" / f"fold{fold}" / f"{stem}.npz", probabilities, name)
     pd.DataFrame(rows).to_csv(tmp_path / "folds.csv", index=False)
+    height, width = truth.shape[1:]
+    stems = [name[:-4] for name in names]
+    pd.DataFrame({"stem": stems, "height": height, "width": width}).to_csv(cache / "cache.csv", index=False)
     images = oof_maps(tmp_path / "folds.csv", {model: tmp_path / model / "oof" for model in models})
     return images, cache
 

@@ -10,9 +10,10 @@ import torch
 
 from handbone.classes import CLASS_TO_INDEX
 
-UNIFY = {"unify_side": "right"}
-CROP = {"crop": "hand"}
-BOTH = {**UNIFY, **CROP}
+NONE = {"unify_side": "none", "crop": "none"}
+UNIFY = {"unify_side": "right", "crop": "none"}
+CROP = {"unify_side": "none", "crop": "hand"}
+BOTH = {"unify_side": "right", "crop": "hand"}
 
 
 class Pointwise(torch.nn.Module):
@@ -93,7 +94,7 @@ def test_left_hands_are_mirrored_into_right_ones_from_their_pixels(hands):
     # The pixels tell the side of most hands, not all (frames.csv lists the misjudged ones).
     assert right_afterwards >= 0.75 * len(train)
     # Without the option nothing is mirrored.
-    assert not any(frame_of(read_image(path), _options()).flip for path in train["image_path"])
+    assert not any(frame_of(read_image(path), _options(**NONE)).flip for path in train["image_path"])
 
 
 def test_the_hand_crop_keeps_every_labelled_pixel_and_spends_the_input_on_the_hand(hands):
@@ -125,7 +126,7 @@ def test_a_pointwise_model_gives_the_same_map_with_and_without_the_frame(hands, 
     )
     images = split_images(folder / "index.csv", "train")
     device = torch.device("cpu")
-    plain = predict_images(images, ["m.pt"], tmp_path / "plain", _options(), device, hflip=True, progress=False)
+    plain = predict_images(images, ["m.pt"], tmp_path / "plain", _options(**NONE), device, hflip=True, progress=False)
     framed = predict_images(images, ["m.pt"], tmp_path / "framed", _options(**chosen), device, True, False)
     flipped = 0
     for name, path in images:
@@ -138,7 +139,7 @@ def test_a_pointwise_model_gives_the_same_map_with_and_without_the_frame(hands, 
         inside[max(frame.top, 0) : frame.bottom, max(frame.left, 0) : frame.right] = True
         assert np.array_equal(result[:, inside], expected[:, inside]), name
         assert not result[:, ~inside].any()
-    assert (flipped > 0) == ("unify_side" in chosen)
+    assert (flipped > 0) == (chosen["unify_side"] == "right")
 
 
 def test_a_left_hands_submission_rows_are_in_the_original_orientation(hands, tmp_path, monkeypatch):
@@ -247,10 +248,13 @@ def test_the_frames_table_reports_sides_that_disagree_and_crops_that_cut(hands, 
     assert set(read_frames(tmp_path / "frames.csv")) == set(index["image_name"])
 
 
-def test_one_hand_training_turns_the_flip_augmentation_off():
+def test_one_hand_training_turns_the_flip_augmentation_and_automatic_flip_tta_off():
     from handbone import config
 
     values = config.load_config([Path(__file__).resolve().parents[1] / "config.yaml"])
+    values["preprocess"]["unify_side"] = "none"
     assert config.train_options(values, "unet_mobilenetv3")["augment"]["hflip"] > 0
+    assert config.tta_hflip("auto", values["preprocess"]) and not config.tta_hflip(False, values["preprocess"])
     values["preprocess"]["unify_side"] = "right"
     assert config.train_options(values, "unet_mobilenetv3")["augment"]["hflip"] == 0
+    assert not config.tta_hflip("auto", values["preprocess"]) and config.tta_hflip(True, values["preprocess"])

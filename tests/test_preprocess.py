@@ -92,7 +92,8 @@ def test_cached_sample_equals_png_and_json(tmp_path):
     )
     index = index_data_root(root / "data")
     index.to_csv(tmp_path / "index.csv", index=False)
-    options = {"clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4}}
+    # The whole image: tests/test_frames.py checks the cache in a mirrored, cropped frame.
+    options = {"clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4}, "unify_side": "none", "crop": "none"}
     cache = build_cache(tmp_path / "index.csv", tmp_path / "cache", options, progress=False)
     for _, row in index[index["split"] == "train"].iterrows():
         entry = CacheEntry(cache, row["image_name"][:-4])

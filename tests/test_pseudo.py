@@ -145,7 +145,8 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
         folder / "index.csv",
         ["unused.pt"],
         folder / "labels",
-        {"clahe": {"enabled": False}},
+        # The raw pixels (their first one names the map): no frame, no CLAHE.
+        {"clahe": {"enabled": False}, "unify_side": "none", "crop": "none"},
         torch.device("cpu"),
         threshold,
         0.9,

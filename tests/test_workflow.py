@@ -242,6 +242,9 @@ def test_pseudo_label_round_runs_on_top_of_round_one_and_keeps_folds_apart(finis
             (results / "pseudo" / "round2" / "models" / "tiny" / f"fold{fold}" / "metrics.json").read_text()
         )
         assert metrics["pseudo_labelled_images"] == 2
+        # The pseudo-labels are kept in the frames the networks learn in (on by default).
+        pseudo = pd.read_csv(results / "pseudo" / "round2" / "labels" / f"fold{fold}" / "cache.csv")
+        assert pseudo["flip"].any() or (pseudo["height"] < pseudo["image_height"]).any()
         # Round 2's out-of-fold maps are of the same real training images as round 1's.
         maps = {
             round_: sorted(
@@ -269,44 +272,40 @@ def test_pseudo_label_round_runs_on_top_of_round_one_and_keeps_folds_apart(finis
     assert (results / "pseudo" / "rounds.png").stat().st_size > 0
 
 
-def test_mirrored_and_cropped_frames_run_through_both_rounds(finished_run, tmp_path):
-    """With one-hand training and the hand crop, round 1, the pseudo-label
-    round and extra folders run; the networks learn from frames while every
-    map and submission stays on the original images."""
+def test_frames_are_on_by_default_and_switching_them_off_retrains_on_whole_images(finished_run, tmp_path):
+    """The default run learns from mirrored, cropped frames while every map
+    and the submission stay on the original images; without the options
+    the frames table, the cache and everything after it are made again."""
     from handbone.probmaps import load
 
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_run, workdir)
-    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
-    config["preprocess"].update(unify_side="right", crop="hand")
-    config["pseudo_label"].update(enabled=True, confidence=0.0)
-    (workdir / "frames.yaml").write_text(yaml.safe_dump(config))
-    dry_run = snakemake(workdir, "-n", "--cores", "2", configfile="frames.yaml").stdout
-    plan = planned_jobs(dry_run)
-    assert plan["frames"] == plan["preprocess"] == "1" and plan["train"] == "2" and plan["train_pseudo"] == "2"
-    assert "demo_data" not in plan and "eda" not in plan  # the data and its EDA stay
-    # Mirroring would be undone by the flip augmentation: training runs without it.
-    assert '"hflip": 0.0' in dry_run and '"hflip": 0.5' not in dry_run
-
-    snakemake(workdir, "--cores", "2", configfile="frames.yaml")
-    results = workdir / "results"
+    results = finished_run / "results"
     frames = pd.read_csv(results / "frames" / "frames.csv")
     assert frames["flip"].any() and (frames["bottom"] - frames["top"] < frames["height"]).any()
     index = pd.read_csv(results / "index" / "index.csv")
     sizes = dict(zip(index["image_name"], zip(index["height"], index["width"])))
-    test_sizes = {name: size for name, size, split in zip(sizes, sizes.values(), index["split"]) if split == "test"}
-    for submission in (results / "submission.csv", results / "pseudo" / "round2" / "submission.csv"):
-        assert validate(submission, test_sizes) == 2
-    for folder in (results / "predictions" / "tiny", results / "pseudo" / "round2" / "predictions" / "tiny"):
-        for path in folder.glob("*/**/*.npz"):
-            name = path.stem + ".png"
-            if name in sizes:
-                assert load(path).shape == (29, *sizes[name])
+    for path in (results / "predictions" / "tiny").glob("*/**/*.npz"):
+        if path.stem + ".png" in sizes:
+            assert load(path).shape == (29, *sizes[path.stem + ".png"])
     cache = pd.read_csv(next((results / "cache").glob("*/cache.csv")))
     framed = frames.set_index("image_name").loc[cache["image_name"]]
     assert (cache["height"].to_numpy() == (framed["bottom"] - framed["top"]).to_numpy()).all()
-    pseudo = pd.read_csv(results / "pseudo" / "round2" / "labels" / "fold0" / "cache.csv")
-    assert len(pseudo) == 2 and {"flip", "top", "image_height"} <= set(pseudo.columns)
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config["preprocess"].update(unify_side="none", crop="none")
+    (workdir / "whole.yaml").write_text(yaml.safe_dump(config))
+    dry_run = snakemake(workdir, "-n", "--cores", "2", configfile="whole.yaml").stdout
+    plan = planned_jobs(dry_run)
+    assert plan["frames"] == plan["preprocess"] == "1" and plan["train"] == "2" and plan["predict_oof"] == "2"
+    assert "demo_data" not in plan and "eda" not in plan  # the data and its EDA stay
+    # With one-hand frames training ran without the flip augmentation and TTA; without them both are back.
+    assert '"hflip": 0.5' in dry_run and " --hflip " in dry_run
+    snakemake(workdir, "--cores", "2", configfile="whole.yaml")
+    frames = pd.read_csv(workdir / "results" / "frames" / "frames.csv")
+    assert not frames["flip"].any() and (frames["bottom"] - frames["top"] == frames["height"]).all()
+    test_sizes = {name: size for (name, size), split in zip(sizes.items(), index["split"]) if split == "test"}
+    assert validate(workdir / "results" / "submission.csv", test_sizes) == 2
 
 
 def test_same_plan_with_three_gpus_as_on_a_laptop(tmp_path):

@@ -311,8 +311,8 @@ def predict_options(sub):
     sub.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
-        default=config.default("predict.hflip"),
-        help="horizontal-flip TTA (default: %(default)s)",
+        default=None,
+        help="horizontal-flip TTA (default: predict.hflip of config.yaml, auto: on unless --preprocess unifies sides)",
     )
     sub.add_argument(
         "--scales",

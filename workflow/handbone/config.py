@@ -144,6 +144,16 @@ def train_options(config: dict, model: str) -> dict:
     return options
 
 
+def tta_hflip(hflip, preprocess: dict) -> bool:
+    """Whether predictions average each image with its mirror: predict.hflip
+    (true, false or auto) under the preprocess section. auto is off with
+    unify_side right, as the networks then learnt right hands only and the
+    mirror of a right hand is a left one (measured in docs/training.md)."""
+    if hflip == "auto":
+        return preprocess["unify_side"] != "right"
+    return bool(hflip)
+
+
 def model_spec(spec, source: str) -> dict:
     """A model entry (arch, encoder, encoder_weights, kwargs) given as JSON to
     a command, checked like an entry of the config's models section."""

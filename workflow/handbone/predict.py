@@ -112,6 +112,7 @@ def predict_images(
         "predict", {key: value for key, value in given.items() if value is not None}, "predict options"
     )
     options = {key: predict_options[key] for key in given}
+    options["hflip"] = config.tta_hflip(options["hflip"], preprocess_options)
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for (name, path), filename in tqdm(

@@ -106,6 +106,10 @@ def write_pseudo_labels(
         raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device)
     known = read_frames(frames_path) if frames_path else None
+    hflip = predict_options.get("hflip")
+    predict_options["hflip"] = config.tta_hflip(
+        config.default("predict.hflip") if hflip is None else hflip, preprocess_options
+    )
     rows, kept = [], []
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)

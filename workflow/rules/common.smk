@@ -124,7 +124,7 @@ def predict_options():
     return " ".join(
         [
             f"--preprocess {shlex.quote(as_json(config['preprocess']))}",
-            "--hflip" if options["hflip"] else "--no-hflip",
+            "--hflip" if handbone_config.tta_hflip(options["hflip"], config["preprocess"]) else "--no-hflip",
             "--scales " + " ".join(str(float(scale)) for scale in options["scales"]),
             f"--overlap {float(options['overlap'])} --batch-size {int(options['batch_size'])}",
         ]
