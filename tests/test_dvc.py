@@ -1,7 +1,9 @@
 """DVC on top of Snakemake: `dvc repro` on a fresh copy of the repository
 with the tiny config, a second repro that does nothing, a parameter change
-that reruns one model, and push / pull through the default remote."""
+that reruns one model, push / pull through the default remote, and two
+experiments (`dvc exp run -S`) compared by `dvc exp show`."""
 
+import json
 import os
 import re
 import shutil
@@ -97,3 +99,49 @@ def test_push_then_pull_into_an_empty_cache_restores_everything(repository):
     # the DAG's order (it never creates a missing file).
     run(["snakemake", "--touch", "--cores", "1"], repository)
     assert "Nothing to be done" in run(["snakemake", "-n"], repository)
+
+
+def _experiments(shown) -> dict:
+    """{name: (params of config.yaml, metrics by file)} of every named run in
+    `dvc exp show --json` (the baseline under its branch name)."""
+    found = {}
+    if isinstance(shown, dict):
+        data = shown.get("data")
+        if shown.get("name") and isinstance(data, dict) and "params" in data:
+            params = data["params"].get("config.yaml", {}).get("data", {})
+            metrics = {path: entry.get("data", {}) for path, entry in (data.get("metrics") or {}).items()}
+            found[shown["name"]] = (params, metrics)
+        for value in shown.values():
+            found.update(_experiments(value))
+    elif isinstance(shown, list):
+        for value in shown:
+            found.update(_experiments(value))
+    return found
+
+
+def test_experiments_with_two_learning_rates_are_compared_by_dvc_exp_show(repository):
+    """Runs last: it leaves the workspace at an experiment, then restores the baseline."""
+    run(["git", "add", "-A"], repository)
+    run(["git", "commit", "-qm", "baseline run", "--allow-empty"], repository)
+    try:
+        for name, lr in (("lr-high", 0.01), ("lr-low", 0.0001)):
+            output = run(["dvc", "exp", "run", "-n", name, "-S", f"config.yaml:train.lr={lr}"], repository)
+            assert "Running stage 'train@tiny'" in output and "Running stage 'data'" not in output, output
+        again = run(["dvc", "exp", "run"], repository)
+        assert "Running stage" not in again, again
+
+        experiments = _experiments(json.loads(run(["dvc", "exp", "show", "--json"], repository)))
+        high, low = experiments["lr-high"], experiments["lr-low"]
+        assert high[0]["train"]["lr"] == 0.01 and low[0]["train"]["lr"] == 0.0001
+        for _, metrics in (high, low):
+            assert metrics["results/cv/metrics.json"]["cv_dice"]["tiny"]["mean_dice"] >= 0
+            assert set(metrics["results/postprocess/oof.json"]["oof_dice"]) >= {"ensemble", "final", "models"}
+            assert metrics["results/scores/holdout.json"]["mean_dice"] >= 0
+        assert high[1] != low[1], "different learning rates, same metrics"
+
+        plots = json.loads(run(["dvc", "plots", "diff", "lr-high", "lr-low", "--json"], repository))
+        curves = plots["data"]["results/cv/models/tiny/history.csv"][0]
+        assert set(curves["revisions"]) == {"lr-high", "lr-low"}
+    finally:
+        run(["git", "checkout", "--", "config.yaml", "dvc.lock"], repository)
+        run(["dvc", "checkout", "--force"], repository)

@@ -8,7 +8,7 @@ import pytest
 
 from handbone import probmaps
 from handbone.ensemble import combine, ensemble_maps
-from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
+from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps, oof_summary, score_table
 from handbone.masks import pack_mask
 from handbone.postprocess import PostprocessParams, class_mask
 
@@ -165,3 +165,26 @@ def test_a_missing_oof_map_is_an_error(tmp_path):
     (tmp_path / "m" / "oof" / "fold1" / "b.npz").unlink()
     with pytest.raises(FileNotFoundError, match="m: b.png"):
         oof_maps(tmp_path / "folds.csv", {"m": tmp_path / "m" / "oof"})
+
+
+def test_oof_summary_names_each_model_the_fitted_ensemble_and_the_final_masks():
+    rows = {
+        "model a": np.full(29, 0.5),
+        "model b": np.full(29, 0.6),
+        "uniform ensemble": np.full(29, 0.65),
+        "ensemble, threshold 0.5": np.full(29, 0.7),
+        "ensemble + thresholds": np.full(29, 0.75),
+        "ensemble + largest component": np.full(29, 0.8),
+    }
+    summary = oof_summary(score_table(rows))
+    assert summary == {
+        "oof_dice": {
+            "ensemble": pytest.approx(0.7),
+            "final": pytest.approx(0.8),
+            "models": {"a": 0.5, "b": pytest.approx(0.6)},
+        }
+    }
+    # A pseudo round's table without fit-ensemble's rows has no per-model entry.
+    assert oof_summary(score_table({"ensemble, threshold 0.5": np.full(29, 0.7)})) == {
+        "oof_dice": {"ensemble": pytest.approx(0.7), "final": pytest.approx(0.7)}
+    }

@@ -1,5 +1,6 @@
-"""Training: model zoo, resume after a kill."""
+"""Training: model zoo, resume after a kill, the DVCLive log."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -73,7 +75,7 @@ SPEC = '{"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "kwargs": {"deco
 OPTIONS = '{"input_mode": "patch", "input_size": 64, "epochs": 6, "batch_size": 2, "val_every": 2, "warmup_epochs": 1}'
 
 
-def _train(folder, out, wait=True):
+def _train(folder, out, wait=True, options=OPTIONS):
     command = [
         sys.executable,
         "-m",
@@ -89,7 +91,7 @@ def _train(folder, out, wait=True):
         "--model-spec",
         SPEC,
         "--options",
-        OPTIONS,
+        options,
         "--out-dir",
         str(out),
         "--threads",
@@ -125,6 +127,54 @@ def test_killed_training_resumes_and_ends_with_the_same_weights(tiny_cache):
     for name, tensor in reference["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
     assert not last.exists()
+    # The resumed run's DVCLive log holds every epoch once, as the uninterrupted one's.
+    assert _live_curve(tiny_cache / "killed", "train/loss")["step"].tolist() == list(range(1, 7))
+    for name in ("train/loss", "val/dice"):
+        assert _live_curve(tiny_cache / "killed", name).equals(_live_curve(tiny_cache / "uninterrupted", name))
+
+
+def _live_curve(out, name):
+    return pd.read_csv(out / "dvclive" / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+
+
+def test_training_logs_every_epoch_in_dvclive_layout(tiny_cache):
+    out = tiny_cache / "two_epochs"
+    _train(tiny_cache, out, options=OPTIONS.replace('"epochs": 6', '"epochs": 2'))
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    loss, lr, dice = (_live_curve(out, name) for name in ("train/loss", "train/lr", "val/dice"))
+    assert loss["step"].tolist() == lr["step"].tolist() == [1, 2]
+    assert loss["loss"].tolist() == history["train_loss"].tolist()
+    assert lr["lr"].tolist() == history["lr"].tolist()
+    validated = history.dropna(subset=["val_dice"])  # val_every 2: epoch 2 only
+    assert dice["step"].tolist() == validated["epoch"].tolist() == [2]
+    assert dice["dice"].tolist() == validated["val_dice"].tolist()
+    summary = json.loads((out / "dvclive" / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 2 and summary["train"]["loss"] == history["train_loss"].iloc[-1]
+    assert summary["best"] == {"val_dice": metrics["val_dice"], "epoch": metrics["best_epoch"]}
+    # No dvc.yaml of its own and no experiment: DVC's files stay the repository's.
+    assert not list(out.rglob("dvc.yaml"))
+
+
+def test_restarted_training_log_drops_an_epoch_that_last_pt_missed(tmp_path):
+    from handbone.tracking import TrainingLog
+
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "lr": 0.001, "val_dice": float("nan")},
+        {"epoch": 2, "train_loss": 0.8, "lr": 0.0005, "val_dice": 0.3},
+        {"epoch": 3, "train_loss": 0.7, "lr": 0.0002, "val_dice": 0.4},
+    ]
+    killed = TrainingLog(tmp_path, history[:1])
+    killed.epoch(history[1])  # logged, then killed before last.pt held epoch 2
+    resumed = TrainingLog(tmp_path, history[:1])
+    for row in history[1:]:
+        resumed.epoch(row)
+    resumed.close({"val_dice": 0.4, "best_epoch": 3, "epochs_run": 3})
+    assert _live_curve(tmp_path, "train/loss")["loss"].tolist() == [0.9, 0.8, 0.7]
+    assert _live_curve(tmp_path, "val/dice")["step"].tolist() == [2, 3]
+    summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert summary["step"] == 3 and summary["epochs_run"] == 3
 
 
 def test_augmenting_the_packed_mask_equals_augmenting_29_channels():

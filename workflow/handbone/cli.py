@@ -234,6 +234,7 @@ def cmd_fit_postprocess(args) -> None:
         args.ensemble_table,
         args.figure,
         _progress(args),
+        args.summary,
     )
 
 
@@ -595,6 +596,9 @@ def _ensemble_commands(commands) -> None:
     sub.add_argument("--out", required=True, help="params.json to write")
     sub.add_argument("--table", required=True, help="CSV of OOF Dice after each step")
     sub.add_argument("--figure", help="PNG of the OOF Dice per class of the models and the final ensemble")
+    sub.add_argument(
+        "--summary", help="JSON of the mean OOF Dice per model, of the fitted ensemble and after post-processing"
+    )
 
     sub = _command(commands, "submit", cmd_submit, "post-process probability maps and write a validated submission CSV")
     sub.add_argument("--probabilities", required=True, help="folder of .npz maps")

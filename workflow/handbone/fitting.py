@@ -33,6 +33,8 @@ log = logging.getLogger("handbone")
 MODEL_STEP = "model {}"
 UNIFORM_STEP = "uniform ensemble"
 PLAIN_STEP = "plain"
+# fit_postprocess's label of its first row: the fitted ensemble at the base threshold.
+PLAIN_LABEL = "ensemble, threshold {}"
 
 
 def _dice(true_positives, predicted, actual):
@@ -193,7 +195,7 @@ def fit_postprocess(
     base = float(options["threshold"])
     table = score_table(
         {
-            f"ensemble + {name}" if name != PLAIN_STEP else f"ensemble, threshold {base}": values
+            f"ensemble + {name}" if name != PLAIN_STEP else PLAIN_LABEL.format(base): values
             for name, values in steps.items()
         }
     )
@@ -322,6 +324,20 @@ def write_ensemble_fit(oof_dirs, folds_path, cache_dir, mode: str, weight_step: 
     return chosen, table
 
 
+def oof_summary(table: pd.DataFrame) -> dict:
+    """The mean OOF Dice of each model alone (when fit-ensemble's rows are in
+    ``table``), of the fitted ensemble before post-processing and of the
+    final masks: the numbers `dvc exp show` compares experiments by."""
+    scores = table.set_index("step")["mean_dice"].astype(float)
+    prefix = MODEL_STEP.format("")
+    models = {step.removeprefix(prefix): float(score) for step, score in scores.items() if step.startswith(prefix)}
+    plain = [step for step in scores.index if step.startswith(PLAIN_LABEL.format(""))]
+    if not plain:
+        raise DataError(f"no '{PLAIN_LABEL.format('<threshold>')}' row among the OOF steps {list(scores.index)}")
+    summary = {"ensemble": float(scores[plain[0]]), "final": float(scores.iloc[-1])}
+    return {"oof_dice": {**summary, **({"models": models} if models else {})}}
+
+
 def write_postprocess_fit(
     oof_dirs,
     folds_path,
@@ -333,12 +349,14 @@ def write_postprocess_fit(
     ensemble_table=None,
     figure=None,
     progress=True,
+    summary_out=None,
 ):
     """``handbone fit-postprocess``: the frozen post-processing (params.json,
     with the steps kept and the number of images it was fitted on), the
     table of OOF Dice after each step (behind fit-ensemble's rows when
-    ``ensemble_table`` is given) and, optionally, a figure of the Dice per
-    class of the models and the final ensemble."""
+    ``ensemble_table`` is given), optionally a figure of the Dice per
+    class of the models and the final ensemble, and ``oof_summary`` as JSON
+    (``summary_out``, a DVC metric)."""
     models, images = oof_inputs(oof_dirs, folds_path)
     ensemble = json.loads(Path(ensemble_path).read_text())
     params, table, kept = fit_postprocess(images, models, cache_dir, ensemble, options, progress)
@@ -346,6 +364,8 @@ def write_postprocess_fit(
         table = pd.concat([pd.read_csv(ensemble_table), table], ignore_index=True)
     write_json({**params.to_dict(), "steps_kept": kept, "fitted_on_images": len(images)}, out)
     write_table(table, table_out)
+    if summary_out:
+        write_json(oof_summary(table), summary_out)
     for _, row in table.iterrows():
         log.info("OOF Dice %-45s %.4f", row["step"], row["mean_dice"])
     if figure:

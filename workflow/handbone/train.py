@@ -27,6 +27,7 @@ from .inference import predict_probabilities
 from .masks import IGNORE, unpack_mask_batch
 from .metrics import dice_per_class
 from .model import build_model, save_checkpoint, to_network_input
+from .tracking import TrainingLog
 
 log = logging.getLogger("handbone")
 
@@ -442,7 +443,10 @@ class Trainer:
         )
 
     def fit(self, progress: bool = True) -> None:
-        """The remaining epochs; ``last.pt`` after each."""
+        """The remaining epochs; ``last.pt`` after each, and each epoch's row
+        in the DVCLive log (``tracking.TrainingLog``, rewritten from the
+        history at the start, so a resumed run logs every epoch once)."""
+        self.training_log = TrainingLog(self.out_dir, self.state["history"])
         bar = tqdm(
             range(self.state["epoch"] + 1, self.epochs + 1), desc=f"train fold {self.fold}", disable=not progress
         )
@@ -452,6 +456,7 @@ class Trainer:
                 row["val_dice"] = self.validate(epoch)
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_dice=f"{row['val_dice']:.4f}")
             self.log_epoch(row)
+            self.training_log.epoch(row)
             self.state["history"].append(row)
             self.state["epoch"] = epoch
             self.save_last()
@@ -461,8 +466,9 @@ class Trainer:
 
     # -- outputs ---------------------------------------------------------
     def write_outputs(self, seconds: float) -> dict:
-        """history.csv, metrics.json, then model.pt (last: its presence
-        means done); ``last.pt`` goes. Returns the metrics."""
+        """history.csv, metrics.json, the DVCLive log's final metrics, then
+        model.pt (last: its presence means done); ``last.pt`` goes. Returns
+        the metrics."""
         state, data = self.state, self.data
         pd.DataFrame(state["history"]).to_csv(self.out_dir / "history.csv", index=False)
         metrics = {
@@ -480,6 +486,7 @@ class Trainer:
         }
         with atomic_path(self.out_dir / "metrics.json") as temporary:
             temporary.write_text(json.dumps(metrics, indent=2))
+        self.training_log.close(metrics)
         self.best_path.replace(self.out_dir / "model.pt")
         self.last_path.unlink()
         return metrics

@@ -129,6 +129,7 @@ use rule fit_postprocess as fit_postprocess_pseudo with:
             subcategory="round {round}",
         ),
         figure="results/pseudo/round{round}/postprocess/per_class_dice.png",
+        summary="results/pseudo/round{round}/postprocess/oof.json",
     log:
         "results/logs/pseudo/round{round}/fit_postprocess.log",
     benchmark:

@@ -47,6 +47,7 @@ rule fit_postprocess:
             caption="../report/oof_per_class.rst",
             category="3. Ensemble and post-processing",
         ),
+        summary="results/postprocess/oof.json",
     log:
         "results/logs/fit_postprocess.log",
     benchmark:
@@ -60,7 +61,8 @@ rule fit_postprocess:
     shell:
         "python -m handbone --quiet fit-postprocess --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
         " --ensemble {input.weights:q} --ensemble-table {input.ensemble_table:q} --options {params.options:q}"
-        " --out {output.params:q} --table {output.table:q} --figure {output.figure:q} 2> {log:q}"
+        " --out {output.params:q} --table {output.table:q} --figure {output.figure:q} --summary {output.summary:q}"
+        " 2> {log:q}"
 
 
 rule ensemble:
