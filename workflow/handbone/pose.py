@@ -14,7 +14,9 @@ import math
 import cv2
 import numpy as np
 
-CARPALS = ("Trapezium", "Trapezoid", "Capitate", "Hamate", "Scaphoid", "Lunate", "Triquetrum", "Pisiform")
+from .classes import CLASS_GROUPS
+
+CARPALS = tuple(CLASS_GROUPS["carpals"])
 KNUCKLES = ("finger-7", "finger-11", "finger-15")  # index, middle, ring metacarpals
 THUMB = ("finger-1", "finger-2", "finger-3")
 LITTLE = ("finger-16", "finger-17", "finger-18", "finger-19")
