@@ -234,10 +234,8 @@ def test_the_frames_table_reports_sides_that_disagree_and_crops_that_cut(hands, 
 
     folder, index = hands
     stats = index[["image_name", "split"]].copy()
-    stats["side_from_labels"] = [
-        pixel_pose(read_image(path))["side"] if split == "train" else ""
-        for path, split in zip(index["image_path"], index["split"])
-    ]
+    stats["side_from_pixels"] = [pixel_pose(read_image(path))["side"] for path in index["image_path"]]
+    stats["side_from_labels"] = stats["side_from_pixels"].where(stats["split"] == "train", "")
     wrong = stats.index[stats["split"] == "train"][0]
     stats.loc[wrong, "side_from_labels"] = {"left": "right", "right": "left"}[stats.loc[wrong, "side_from_labels"]]
     stats.to_csv(tmp_path / "image_stats.csv", index=False)

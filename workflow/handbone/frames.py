@@ -70,13 +70,12 @@ class Frame:
         )
 
 
-def hand_box(image: np.ndarray, margin: float) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a square around the body part (the
-    largest bright region, as the pixel pose finds it), its side the box's
+def hand_box(image: np.ndarray, margin: float, body: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a square around the body part
+    (``body``: the image's ``pose.foreground_mask``), its side the box's
     longer side plus ``margin`` of it on each side, at most the image's
     longer side; the whole image when no body part is found."""
     height, width = image.shape[:2]
-    body = foreground_mask(image)
     rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
     if rows.size == 0:
         return 0, height, 0, width
@@ -96,13 +95,15 @@ def frame_of(image: np.ndarray, options: dict, side: str | None = None) -> Frame
     ``options`` (the config's preprocess section); ``side``: the pixel
     pose's side of the image, when already known."""
     height, width = image.shape[:2]
-    if options["unify_side"] == "right" and side is None:
-        side = pixel_pose(image)["side"]
-    flip = options["unify_side"] == "right" and side == "left"
+    unify, crop = options["unify_side"] == "right", options["crop"] == "hand"
+    # The pose and the box both start from the body part: found once.
+    body = foreground_mask(image) if crop or (unify and side is None) else None
+    if unify and side is None:
+        side = pixel_pose(image, body)["side"]
     top, bottom, left, right = 0, height, 0, width
-    if options["crop"] == "hand":
-        top, bottom, left, right = hand_box(image, float(options["crop_margin"]))
-    return Frame(height, width, flip, top, bottom, left, right)
+    if crop:
+        top, bottom, left, right = hand_box(image, float(options["crop_margin"]), body)
+    return Frame(height, width, unify and side == "left", top, bottom, left, right)
 
 
 def to_network(array: np.ndarray, frame: Frame) -> np.ndarray:
@@ -184,19 +185,20 @@ def _label_share_inside(row, frame: Frame) -> float:
 
 
 def write_frames(index_path, image_stats_path, options: dict, out, progress: bool = True) -> pd.DataFrame:
-    """The frame of every image of the index, with the side estimated from
-    the pixels next to the EDA's estimate from the labels (training images),
-    and the share of each training image's labelled pixels that its crop
-    keeps; a disagreement or a crop that cuts labels is logged."""
+    """The frame of every image of the index, with the EDA's sides from the
+    pixels (``pose.pixel_pose``, which the frame uses) and from the labels
+    (training images), and the share of each training image's labelled
+    pixels that its crop keeps; a disagreement or a crop that cuts labels
+    is logged."""
     options = config.section("preprocess", options, "preprocess options")
     index = read_index(index_path)
     stats = pd.read_csv(image_stats_path, keep_default_na=False).set_index("image_name")
     rows = []
     for _, row in tqdm(index.iterrows(), total=len(index), desc="frames", disable=not progress):
-        image = read_image(row["image_path"])
-        side_from_pixels = pixel_pose(image)["side"]
-        frame = frame_of(image, options, side_from_pixels)
-        side_from_labels = stats["side_from_labels"].get(row["image_name"], "")
+        if row["image_name"] not in stats.index:
+            raise DataError(f"{image_stats_path} has no row for {row['image_name']}; rerun the EDA")
+        side_from_pixels, side_from_labels = stats.loc[row["image_name"], ["side_from_pixels", "side_from_labels"]]
+        frame = frame_of(read_image(row["image_path"]), options, side_from_pixels)
         rows.append(
             {
                 "image_name": row["image_name"],
@@ -216,15 +218,26 @@ def write_frames(index_path, image_stats_path, options: dict, out, progress: boo
     return table
 
 
+def disagreeing_sides(table: pd.DataFrame) -> pd.DataFrame:
+    """The training images of a frames table (as written, or read back from
+    CSV) whose side from the pixels differs from the side from the labels."""
+    return table[table["sides_agree"].astype(str) == "False"]
+
+
+def labels_inside_crop(table: pd.DataFrame) -> pd.Series:
+    """A frames table's ``labels_inside_crop`` as numbers (NaN for test images)."""
+    return pd.to_numeric(table["labels_inside_crop"], errors="coerce")
+
+
 def _log_findings(table: pd.DataFrame) -> None:
-    disagree = table[table["sides_agree"].astype(str) == "False"]
+    disagree = disagreeing_sides(table)
     if len(disagree):
         log.warning(
             "%d training image(s) whose side from the pixels differs from the side from the labels: %s",
             len(disagree),
             ", ".join(disagree["image_name"][:10]),
         )
-    inside = pd.to_numeric(table["labels_inside_crop"], errors="coerce")
+    inside = labels_inside_crop(table)
     cut = table[inside < 1.0]
     if len(cut):
         log.warning(

@@ -249,15 +249,16 @@ HAND_PERCENTILE = 40
 WRIST_PERCENTILE = 30
 
 
-def pixel_pose(image: np.ndarray) -> dict:
-    """Side and rotation estimated from the image alone.
+def pixel_pose(image: np.ndarray, body: np.ndarray | None = None) -> dict:
+    """Side and rotation estimated from the image alone (``body``: its
+    ``foreground_mask``, when already found).
 
     The forearm is where the body part touches the image border; the hand is
     the part of the silhouette farther from it. The hand's principal axis
     gives the rotation; the thumb, sticking out on one side of that axis,
     makes the silhouette skewed towards its side.
     """
-    mask = foreground_mask(image)
+    mask = foreground_mask(image) if body is None else body
     ys, xs = np.nonzero(mask)
     if xs.size < 50:
         return {"side": "unknown", "rotation": float("nan")}

@@ -73,6 +73,18 @@ def mean_probabilities(groups: list[tuple[list, int, str]], image: np.ndarray, d
     return total / count
 
 
+def inference_options(preprocess_options: dict, **given) -> dict:
+    """The options of ``inference.predict_probabilities`` (hflip, scales,
+    overlap, batch_size): those given, the rest config.yaml's predict
+    values, checked; hflip resolved under the (complete) preprocess section
+    (``config.tta_hflip``)."""
+    chosen = {key: (list(value) if key == "scales" else value) for key, value in given.items() if value is not None}
+    predict_options = config.section("predict", chosen, "predict options")
+    options = {key: predict_options[key] for key in ("hflip", "scales", "overlap", "batch_size")}
+    options["hflip"] = config.tta_hflip(options["hflip"], preprocess_options)
+    return options
+
+
 def predict_images(
     images: list[tuple[str, Path]],
     checkpoints: list[str | Path],
@@ -102,17 +114,7 @@ def predict_images(
     if shared:
         names = [name for (name, _), filename in zip(images, filenames) if filename in shared]
         raise DataError(f"images {names[:6]} would share map file names {shared[:3]} in {out_dir}")
-    given = {
-        "hflip": hflip,
-        "scales": None if scales is None else list(scales),
-        "overlap": overlap,
-        "batch_size": batch_size,
-    }
-    predict_options = config.section(
-        "predict", {key: value for key, value in given.items() if value is not None}, "predict options"
-    )
-    options = {key: predict_options[key] for key in given}
-    options["hflip"] = config.tta_hflip(options["hflip"], preprocess_options)
+    options = inference_options(preprocess_options, hflip=hflip, scales=scales, overlap=overlap, batch_size=batch_size)
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for (name, path), filename in tqdm(

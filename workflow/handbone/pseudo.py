@@ -42,7 +42,7 @@ from .errors import ConfigError, DataError
 from .frames import FRAME_FIELDS, frame_for, read_frames
 from .masks import pack_mask
 from .metrics import SMOOTH
-from .predict import load_model_groups, mean_probabilities
+from .predict import inference_options, load_model_groups, mean_probabilities
 
 log = logging.getLogger("handbone")
 
@@ -106,10 +106,7 @@ def write_pseudo_labels(
         raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device)
     known = read_frames(frames_path) if frames_path else None
-    hflip = predict_options.get("hflip")
-    predict_options["hflip"] = config.tta_hflip(
-        config.default("predict.hflip") if hflip is None else hflip, preprocess_options
-    )
+    predict_options = inference_options(preprocess_options, **predict_options)
     rows, kept = [], []
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)

@@ -19,6 +19,7 @@ from .atomic import atomic_path
 from .data import read_folds, read_index
 from .errors import DataError, MissingInput
 from .fitting import MODEL_STEP, UNIFORM_STEP
+from .frames import disagreeing_sides, labels_inside_crop
 
 # The files the summary reads, by the name of their command-line option.
 FILES = {
@@ -121,7 +122,7 @@ def _frames(files: dict) -> str:
     """What the networks saw: mirrored hands, crops, and where the pixels and the labels disagree on a side."""
     frames = pd.read_csv(files["frames"], keep_default_na=False)
     flipped = frames["flip"].astype(str) == "True"
-    disagree = frames.loc[frames["sides_agree"].astype(str) == "False", "image_name"]
+    disagree = disagreeing_sides(frames)["image_name"]
     labelled = (frames["sides_agree"].astype(str) != "").sum()
     text = (
         f"**Frames.** {count(int(flipped.sum()), 'image')} of {len(frames)} mirrored into right hands "
@@ -139,7 +140,7 @@ def _frames(files: dict) -> str:
     )
     if len(disagree):
         text += f" (not on {', '.join(escape(name) for name in disagree[:SHOWN_EXCLUDED])})"
-    inside = pd.to_numeric(frames["labels_inside_crop"], errors="coerce")
+    inside = labels_inside_crop(frames)
     if (inside < 1).any():
         text += f"; {count(int((inside < 1).sum()), 'crop')} cut labelled pixels (the least kept: {inside.min():.1%})"
     return text + ".\n"
