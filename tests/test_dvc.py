@@ -1,7 +1,8 @@
 """DVC on top of Snakemake: `dvc repro` on a fresh copy of the repository
 with the tiny config, a second repro that does nothing, a parameter change
-that reruns one model, push / pull through the default remote, and two
-experiments (`dvc exp run -S`) compared by `dvc exp show`."""
+that reruns one model, push / pull through the default remote, two
+experiments (`dvc exp run -S`) compared by `dvc exp show`, and a queued
+experiment that reruns only its own stages."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,38 @@ def test_experiments_with_two_learning_rates_are_compared_by_dvc_exp_show(reposi
     finally:
         run(["git", "checkout", "--", "config.yaml", "dvc.lock"], repository)
         run(["dvc", "checkout", "--force"], repository)
+
+
+UPSTREAM_RULES = ("demo_data", "index", "eda", "split", "frames", "preprocess")
+
+
+def test_a_queued_experiment_reruns_only_its_stages_and_retrains(repository):
+    """A queued experiment runs in a copy where DVC checked every output out
+    of its cache, with file times in no particular order, and where
+    Snakemake has no records: before `handbone dvc-stage` it reran the
+    earlier stages' jobs, or kept the baseline's models."""
+    run(["git", "add", "-A"], repository)
+    run(["git", "commit", "-qm", "baseline for the queue", "--allow-empty"], repository)
+    baseline = json.loads((repository / "results" / "cv" / "metrics.json").read_text())
+    run(["dvc", "exp", "run", "--queue", "-n", "lr-queued", "-S", "config.yaml:train.lr=0.02"], repository)
+    run(["dvc", "queue", "start"], repository)
+    deadline = time.monotonic() + 1200
+    while True:
+        status = run(["dvc", "queue", "status"], repository)
+        row = next(line for line in status.splitlines() if "lr-queued" in line)
+        if "Queued" not in row and "Running" not in row:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    log = run(["dvc", "queue", "logs", "lr-queued"], repository)
+    assert "Success" in row, log[-6000:]
+
+    assert "Running stage 'train@tiny'" in log and "Running stage 'submission'" in log
+    assert "Running stage 'data'" not in log and "Running stage 'cache'" not in log
+    rerun = re.findall(rf"^(?:local)?rule ({'|'.join(UPSTREAM_RULES)}):", log, flags=re.MULTILINE)
+    assert not rerun, f"the queued experiment reran earlier stages' jobs {rerun}"
+    assert re.search(r"^(?:local)?rule train:", log, flags=re.MULTILINE)
+
+    params, metrics = _experiments(json.loads(run(["dvc", "exp", "show", "--json"], repository)))["lr-queued"]
+    assert params["train"]["lr"] == 0.02
+    assert metrics["results/cv/metrics.json"] != baseline, "a new learning rate, the baseline's models"

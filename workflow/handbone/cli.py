@@ -290,6 +290,13 @@ def cmd_run_summary(args) -> None:
     log.info("run summary written to %s", args.out)
 
 
+def cmd_dvc_stage(args) -> None:
+    from .dvc_stage import run_stage
+
+    arguments = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    run_stage(args.stage, args.after, arguments)
+
+
 def _command(commands, name, function, help_text):
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(function=function)
@@ -669,6 +676,34 @@ def _analysis_commands(commands) -> None:
     sub.add_argument("--out", required=True, help="reStructuredText file to write")
 
 
+def _dvc_commands(commands) -> None:
+    """The command of every DVC stage (dvc.yaml)."""
+    sub = _command(
+        commands,
+        "dvc-stage",
+        cmd_dvc_stage,
+        "run one DVC stage through Snakemake: first put the earlier stages' file times in order "
+        "(dvc checkout does not keep them); where Snakemake has no records yet (a queued experiment's copy), "
+        "rerun all the stage's jobs",
+    )
+    sub.add_argument(
+        "--stage",
+        required=True,
+        help="the DVC stage's name (train@<model>, ...): its first run in a checkout is recorded",
+    )
+    sub.add_argument(
+        "--after",
+        nargs="+",
+        default=[],
+        metavar="RULE_OR_FILE",
+        help="the rules or files of earlier stages that this one reads; their outputs are touched "
+        "(snakemake --touch --until ...) before the stage runs",
+    )
+    sub.add_argument(
+        "snakemake_args", nargs=argparse.REMAINDER, help="after --: the stage's snakemake arguments (targets, --until)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handbone", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -684,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ensemble_commands(commands)
     _score_commands(commands)
     _analysis_commands(commands)
+    _dvc_commands(commands)
     return parser
 
 
