@@ -144,6 +144,15 @@ def test_experiments_with_two_learning_rates_are_compared_by_dvc_exp_show(reposi
         plots = json.loads(run(["dvc", "plots", "diff", "lr-high", "lr-low", "--json"], repository))
         curves = plots["data"]["results/cv/models/tiny/history.csv"][0]
         assert set(curves["revisions"]) == {"lr-high", "lr-low"}
+
+        # Keeping the winner: its config and results in the workspace, or a branch.
+        run(["dvc", "exp", "apply", "lr-high"], repository)
+        assert yaml.safe_load((repository / "config.yaml").read_text())["train"]["lr"] == 0.01
+        applied = json.loads((repository / "results" / "cv" / "metrics.json").read_text())
+        assert applied == high[1]["results/cv/metrics.json"]
+        run(["dvc", "exp", "branch", "lr-high", "winner"], repository)
+        shown = run(["git", "show", "winner:config.yaml"], repository)
+        assert yaml.safe_load(shown)["train"]["lr"] == 0.01
     finally:
         run(["git", "checkout", "--", "config.yaml", "dvc.lock"], repository)
         run(["dvc", "checkout", "--force"], repository)
