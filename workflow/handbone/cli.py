@@ -696,8 +696,9 @@ def _dvc_commands(commands) -> None:
         nargs="+",
         default=[],
         metavar="RULE_OR_FILE",
-        help="the rules or files of earlier stages that this one reads; their outputs are touched "
-        "(snakemake --touch --until ...) before the stage runs",
+        help="the last rules or files of earlier stages that this one reads; they and what they come from are "
+        "touched (snakemake --touch --until ...) before the stage runs. Name no rule together with one it "
+        "depends on: Snakemake 9.27 then stops with 'BUG: Out of jobs ready to be started'",
     )
     sub.add_argument(
         "snakemake_args", nargs=argparse.REMAINDER, help="after --: the stage's snakemake arguments (targets, --until)"

@@ -63,7 +63,9 @@ def run_stage(
 ) -> None:
     """Run ``snakemake <snakemake_args>`` as DVC stage ``stage``, after
     touching the outputs of the rules or files ``after`` (the earlier
-    stages' work this one reads)."""
+    stages' work this one reads) and of every job they depend on. ``after``
+    names only the last rules: with a rule and one it depends on,
+    ``--until`` fails in Snakemake 9.27 ("Out of jobs ready to be started")."""
     rerun_all = first_run_without_records(stage)
     if rerun_all:
         log.info("%s: no Snakemake records of this stage in this checkout: all its jobs run", stage)
