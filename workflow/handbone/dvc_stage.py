@@ -43,10 +43,10 @@ def first_run_without_records(stage: str) -> bool:
     """Whether ``stage`` has to rerun all its jobs: this checkout had no
     Snakemake records when its first DVC stage ran, and ``stage`` has not
     run here since. Marks the stage as run."""
-    if not SNAKEMAKE_STATE.is_dir():
-        STAGES_RUN.mkdir(parents=True)
-        NO_RECORDS.touch()
+    began_without_records = not SNAKEMAKE_STATE.is_dir()
     STAGES_RUN.mkdir(parents=True, exist_ok=True)
+    if began_without_records:
+        NO_RECORDS.touch()
     marker = STAGES_RUN / stage
     rerun_all = NO_RECORDS.exists() and not marker.exists()
     # Marked before it runs: a stage killed half-way resumes from
@@ -69,13 +69,16 @@ def run_stage(
     rerun_all = first_run_without_records(stage)
     if rerun_all:
         log.info("%s: no Snakemake records of this stage in this checkout: all its jobs run", stage)
+    # Forcing the earlier stages' touch makes every job of this stage older
+    # than its inputs; the first stage has nothing earlier, so forces its own.
+    force = ["--forceall"] if rerun_all else []
     commands = []
     if after:
-        touch = ["snakemake", "--cores", "1", "--touch", "--no-hooks", "--quiet", "all", "--until", *after]
-        commands.append(touch + (["--forceall"] if rerun_all else []))
-        commands.append(["snakemake", *snakemake_args])
-    else:
-        commands.append(["snakemake", *snakemake_args] + (["--forceall"] if rerun_all else []))
+        commands.append(
+            ["snakemake", "--cores", "1", "--touch", "--no-hooks", "--quiet", "all", "--until", *after, *force]
+        )
+        force = []
+    commands.append(["snakemake", *snakemake_args, *force])
     for command in commands:
         code = runner(command)
         if code != 0:
