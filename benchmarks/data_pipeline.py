@@ -45,15 +45,18 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        config = SyntheticConfig(train_people=max(1, args.images // 2), test_people=1, image_size=args.size, seed=0)
-        root = generate(folder / "set", config, progress=False)
+        synthetic = SyntheticConfig(train_people=max(1, args.images // 2), test_people=1, image_size=args.size, seed=0)
+        root = generate(folder / "set", synthetic, progress=False)
         index = index_data_root(root / "data")
         index.to_csv(folder / "index.csv", index=False)
         started = time.monotonic()
         cache = build_cache(folder / "index.csv", folder / "cache", OPTIONS, progress=False)
         build_seconds = time.monotonic() - started
         train = index[index["split"] == "train"].reset_index(drop=True)
-        transform = augmentations(args.window, "patch", config.default("train.augment"), seed=0)
+        # As training resolves it: hflip auto under the default preprocessing.
+        augment = config.default("train.augment")
+        augment["hflip"] = config.augment_hflip(augment["hflip"], OPTIONS)
+        transform = augmentations(args.window, "patch", augment, seed=0)
         stems = [name[:-4] for name in train["image_name"]]
         dataset = CachedImages({stem: cache for stem in stems}, stems, transform, "patch", args.window)
 

@@ -1,6 +1,8 @@
 """One definition per option: the schema says what it may be, config.yaml
 holds its default, and a hand-run stage gets the same values and errors."""
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,129 @@ def test_a_model_overrides_the_shared_train_options_key_by_key():
 def test_every_shipped_config_is_valid_over_config_yaml(name):
     values = config.load_config([REPO / "config.yaml", REPO / "configs" / name])
     assert values["models"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [["config.yaml"]] + [["config.yaml", f"configs/{path.name}"] for path in sorted((REPO / "configs").glob("*.yaml"))],
+)
+def test_every_shipped_config_passes_the_combination_check(files):
+    values = config.load_config([REPO / name for name in files], check=False)
+    assert config.contradictions(values) == []
+    assert values["checks"]["allow"] == []  # none of them needs an override
+
+
+def _resolved(**sections):
+    """config.yaml with ``sections`` merged over it (as a --configfile is), resolved."""
+    return config.resolve(config._filled(sections, copy.deepcopy(DEFAULTS)))
+
+
+# Each combination refused with unify_side right: the options it names, and the figure it quotes.
+HARMFUL = {
+    "hflip_tta_with_unified_side": (
+        {"predict": {"hflip": True}},
+        ["predict.hflip: true", "preprocess.unify_side: right", "0.8367 to 0.8042", "0.27"],
+    ),
+    "hflip_augment_with_unified_side": (
+        {"train": {"augment": {"hflip": 0.5}}},
+        ["train.augment.hflip: 0.5", "preprocess.unify_side: right", "0.6291 to 0.8037"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HARMFUL))
+def test_a_harmful_combination_is_refused_with_both_options_the_figure_and_the_override(name):
+    change, named = HARMFUL[name]
+    values = _resolved(**change)
+    with pytest.raises(ConfigError) as error:
+        config.check_combinations(values, "my.yaml")
+    message = str(error.value)
+    assert message.startswith("my.yaml: contradictory options")
+    for text in [*named, name, "checks.allow", "docs/training.md"]:
+        assert text in message, text
+    # Without one-hand frames nothing is contradictory.
+    assert config.contradictions(_resolved(**change, preprocess={"unify_side": "none"})) == []
+    # The override lets exactly that combination through.
+    allowed = _resolved(**change, checks={"allow": [name]})
+    config.check_combinations(allowed)
+    if name == "hflip_augment_with_unified_side":  # a forced number is taken as given
+        assert config.train_options(allowed, "unet_mobilenetv3")["augment"]["hflip"] == 0.5
+
+
+def test_a_model_own_flip_augmentation_is_named_and_zero_or_auto_is_fine():
+    model = {**DEFAULTS["models"]["unet_mobilenetv3"], "train": {"augment": {"hflip": 1.0}}}
+    found = config.contradictions(_resolved(models={"mine": model}))
+    assert len(found) == 1 and found[0].startswith("models.mine.train.augment.hflip: 1.0 with preprocess.unify_side")
+    for hflip in (0, 0.0, "auto"):
+        model["train"]["augment"]["hflip"] = hflip
+        values = _resolved(models={"unet_mobilenetv3": None, "mine": model}, train={"augment": {"hflip": 0.5}})
+        # The shared 0.5 is used by no model: the only one has its own.
+        assert config.contradictions(values) == []
+        assert config.train_options(values, "mine")["augment"]["hflip"] == 0.0
+
+
+def test_flip_augmentation_auto_is_a_probability_for_every_reader():
+    assert DEFAULTS["train"]["augment"]["hflip"] == "auto"
+    right, both_hands = _resolved(), _resolved(preprocess={"unify_side": "none"})
+    assert config.train_options(right, "unet_mobilenetv3")["augment"]["hflip"] == 0.0
+    assert config.train_options(both_hands, "unet_mobilenetv3")["augment"]["hflip"] == 0.5
+    assert config.augment_hflip("auto", {"unify_side": "none"}) == config.AUTO_AUGMENT_HFLIP
+    assert config.augment_hflip(0.25, {"unify_side": "right"}) == 0.25
+    with pytest.raises(ConfigError, match="augment.hflip: 'sometimes' does not match"):
+        config.section("train", {"augment": {"hflip": "sometimes"}}, "--options")
+
+
+def test_focal_loss_with_ignored_pixels_is_refused_before_any_job_and_cannot_be_allowed():
+    model = {**DEFAULTS["models"]["unet_mobilenetv3"], "train": {"loss": {"dice": 1.0, "focal": 1.0}}}
+    values = _resolved(models={"focal": model}, pseudo_label={"enabled": True})
+    (found,) = config.contradictions(values)
+    assert found.startswith("models.focal") and "train.loss.focal" in found and "pseudo_label.ignore_uncertain" in found
+    # The same definition as training's own guard (train.make_loss).
+    assert config.focal_loss_problem({"focal": 1.0}, True) in found
+    assert config.contradictions(_resolved(models={"focal": model}, pseudo_label={"enabled": False})) == []
+    no_ignoring = {"enabled": True, "ignore_uncertain": False}
+    assert config.contradictions(_resolved(models={"focal": model}, pseudo_label=no_ignoring)) == []
+    with pytest.raises(ConfigError, match="checks.allow.0: 'focal_loss_with_ignored_pixels' is not one of"):
+        _resolved(checks={"allow": ["focal_loss_with_ignored_pixels"]})
+
+
+def test_load_config_refuses_a_contradictory_file_and_check_config_says_why(tmp_path, monkeypatch):
+    from handbone.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets it; restored afterwards
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"predict": {"hflip": True}}))
+    with pytest.raises(ConfigError, match="predict.hflip: true with preprocess.unify_side: right"):
+        config.load_config([REPO / "config.yaml", bad])
+    assert main(["check-config", "--configfile", str(REPO / "config.yaml"), "--configfile", str(bad)]) == 1
+    assert main(["check-config", "--configfile", str(REPO / "config.yaml")]) == 0
+
+
+def _competition(tmp_path, **changes):
+    """configs/competition.yaml on the built-in demo data (its data root is
+    not on this machine), with ``changes`` merged over it."""
+    values = config._filled(changes, yaml.safe_load((REPO / "configs" / "competition.yaml").read_text()))
+    values["data"]["root"] = None
+    (tmp_path / "competition.yaml").write_text(yaml.safe_dump(values))
+
+
+def test_snakemake_dry_run_of_the_competition_config_plans_no_flip_and_refuses_a_forced_one(tmp_path):
+    from conftest import snakemake
+
+    # Merged over config.yaml, as a user runs it: plans the predictions without flip TTA.
+    _competition(tmp_path)
+    dry_run = snakemake(tmp_path, "-n", "--cores", "2", configfile="competition.yaml", replace=False).stdout
+    assert " --no-hflip " in dry_run and " --hflip " not in dry_run
+    assert re.search(r"^predict_test\s+4$", dry_run, re.MULTILINE)
+    # Flip TTA forced on: stopped while the workflow is read, before any job.
+    _competition(tmp_path, predict={"hflip": True})
+    result = snakemake(tmp_path, "-n", "--cores", "2", configfile="competition.yaml", replace=False, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "predict.hflip: true with preprocess.unify_side: right" in output
+    assert "hflip_tta_with_unified_side" in output and "0.8042" in output and "Job stats" not in output
+    # The override, here given with --config, lets it plan the flip.
+    override = ["--config", "checks={allow: [hflip_tta_with_unified_side]}"]
+    dry_run = snakemake(tmp_path, "-n", "--cores", "2", *override, configfile="competition.yaml", replace=False).stdout
+    assert " --hflip " in dry_run and " --no-hflip " not in dry_run
+    assert not (tmp_path / "results").exists()

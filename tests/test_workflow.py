@@ -383,6 +383,23 @@ def test_competition_config_plans_four_models_by_five_folds(tmp_path):
         assert trained == {"unet_hrnet_w48", "nnunet", "deeplabv3plus_resnet50", "upernet_swin_base"}
 
 
+def test_the_model_check_gates_only_runs_with_jobs_of_that_model(tmp_path):
+    """Without the pretrained weights a model needs, the data stages (no
+    model involved) still run; the first run that would train it stops
+    before any job, naming the model."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["models"]["tiny"]["encoder_weights"] = True
+    config["weights"] = {"cache_dir": str(tmp_path / "empty-cache")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, "--cores", "2", "--until", "preprocess")
+    results = tmp_path / "results"
+    assert list(results.glob("cache/*/cache.csv")) and not (results / "logs" / "check_models.log").exists()
+    result = snakemake(tmp_path, "--cores", "2", "--until", "train", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "pretrained weights missing" in output and "models.tiny" in output
+    assert not (results / "splits").exists(), "a job ran before the check"
+
+
 def test_pretrained_and_nnunet_members_run_through_every_rule_offline(tmp_path, pretrained_cache):
     """A pretrained encoder read from the weights cache and the nnU-Net-style
     member (deep supervision on) through training, prediction, ensembling

@@ -91,6 +91,11 @@ def cmd_check_models(args) -> None:
     check_models(models, args.options, args.scales, args.out)
 
 
+def cmd_check_config(args) -> None:
+    config.load_config(args.configfile)  # resolved, checked against the schema and for contradictions
+    log.info("%s: valid, no contradictory options", " + ".join(args.configfile))
+
+
 def cmd_fetch_weights(args) -> None:
     config_values = config.load_config(args.configfile)
     use_weights_cache(args.weights_cache or config_values["weights"]["cache_dir"], online=True)
@@ -435,6 +440,24 @@ def _data_commands(commands) -> None:
     sub.add_argument("--out", required=True, help="cache folder")
 
 
+def _config_commands(commands) -> None:
+    """The config check the workflow runs before any job."""
+    sub = _command(
+        commands,
+        "check-config",
+        cmd_check_config,
+        "check config files as the workflow does before any job: the schema, then the combinations of options "
+        "known to hurt (refused with the reason and the measured figure; checks.allow lets one through)",
+    )
+    sub.add_argument(
+        "--configfile",
+        action="append",
+        required=True,
+        help="config file; several are merged in order as Snakemake merges them (e.g. config.yaml, "
+        "then configs/competition.yaml)",
+    )
+
+
 def _model_commands(commands) -> None:
     """Models: the check before training, the weights cache, training."""
     sub = _command(
@@ -714,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the hub's own, HF_HUB_CACHE); only fetch-weights goes online, every other command reads it offline",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _config_commands(commands)
     _data_commands(commands)
     _model_commands(commands)
     _predict_commands(commands)

@@ -10,6 +10,7 @@ tests/test_docs.py fails when the page and the schema disagree.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def _kind(node: dict) -> str:
             pattern = node.get("propertyNames", {}).get("pattern")
             if pattern:
                 text += f" (names matching {_code(pattern)})"
+        elif name == "string" and re.fullmatch(r"\^\w+\$", node.get("pattern", "")):
+            text = _code(node["pattern"][1:-1])  # one allowed string, e.g. auto beside a number
         else:
             text = _TYPES.get(name, name)
         parts.append(text)

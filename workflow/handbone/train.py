@@ -128,13 +128,9 @@ def make_loss(weights: dict, ignore_index: int | None = None):
     unknown = set(weights) - set(factories)
     if unknown:
         raise ConfigError(f"unknown loss(es) {sorted(unknown)}; known: {sorted(factories)}")
-    if ignore_index is not None and weights.get("focal"):
-        # Its multilabel ignore_index indexes each class with the mask of
-        # all classes and fails.
-        raise ConfigError(
-            "the focal loss of segmentation-models-pytorch cannot ignore pixels in multilabel mode: "
-            "drop train.loss.focal or set pseudo_label.ignore_uncertain to false"
-        )
+    problem = config.focal_loss_problem(weights, ignore_index is not None)
+    if problem:  # checked before any job too; this is for a command run by hand
+        raise ConfigError(problem)
     parts = [(float(weight), factories[name]()) for name, weight in weights.items() if weight]
 
     def loss(logits, target):
@@ -521,6 +517,10 @@ def train_fold(
     """
     options = config.section("train", options, "train options")
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    # augment.hflip auto follows the cache's preprocessing (its unify_side).
+    saved = cache_dir / "options.json"
+    preprocess = {**config.default("preprocess"), **(json.loads(saved.read_text()) if saved.is_file() else {})}
+    options["augment"]["hflip"] = config.augment_hflip(options["augment"]["hflip"], preprocess)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_fold_data(cache_dir, folds_path, fold, out_dir, pseudo_dir)
     trainer = Trainer(data, model_spec, options, fold, out_dir, device, workers)

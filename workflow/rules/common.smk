@@ -16,8 +16,12 @@ from handbone.errors import ConfigError
 
 # Options missing from the config (e.g. a --replace-workflow-config file
 # that sets only some) take config.yaml's values; the schema checks them.
+# Then combinations of options known to hurt or unable to work are refused
+# (handbone.config.contradictions; checks.allow lets a measured one through),
+# here, so before any job and also by a dry run.
 try:
     handbone_config.resolve(config)
+    handbone_config.check_combinations(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -116,6 +120,24 @@ def model_spec(model):
 
 def train_options(model):
     return handbone_config.train_options(config, model)
+
+
+# A checkpoint of any round: results[/pseudo/round{r}]/models/{model}/fold{k}/model.pt.
+CHECKPOINT_PATH = re.compile(r"(?:^|/)models/([^/]+)/fold\d+/model\.pt$")
+
+
+def models_of_jobs(jobs):
+    """{model: trained} of the models whose checkpoints ``jobs`` (Snakemake
+    jobs) write (training: True) or only read (prediction, pseudo-labels:
+    False), in the order of MODELS."""
+    trained, read = set(), set()
+    for job in jobs:
+        for files, found in ((job.output, trained), (job.input, read)):
+            for path in files:
+                match = CHECKPOINT_PATH.search(str(path))
+                if match:
+                    found.add(match.group(1))
+    return {model: model in trained for model in MODELS if model in trained | read}
 
 
 def predict_options():

@@ -10,13 +10,9 @@
 # paths, computed from them in round 1's rule (train, fit_*, score).
 
 
-# Checked at the start, so that a whole round 1 does not run before train_pseudo fails.
-for _model in PSEUDO_MODELS if PSEUDO_ROUNDS and PSEUDO["ignore_uncertain"] else []:
-    if train_options(_model)["loss"].get("focal"):
-        raise WorkflowError(
-            f"models.{_model} uses the focal loss, which cannot ignore pixels (multilabel): drop it from the "
-            "train loss or set pseudo_label.ignore_uncertain to false"
-        )
+# A focal loss with pseudo_label.ignore_uncertain cannot train a round; the
+# config check (common.smk, handbone.config.contradictions) refuses it at
+# the start, so that a whole round 1 does not run before train_pseudo fails.
 
 
 rule pseudo_label:

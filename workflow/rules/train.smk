@@ -2,25 +2,38 @@
 
 
 # Before any job runs (not for a dry run, nor when nothing is to be done),
-# every model is built once with its pretrained weights from the weights
-# cache (offline) and pushed through a shape check at every input size and
-# the batch size it will see, so a typo in an architecture or encoder name,
-# a combination that cannot work or missing weights stop the run with one
-# message naming every model concerned. It is a gate, not a rule: as a rule
-# its output would make every model's training out of date whenever one
-# model changed, or, as an ancient() input, Snakemake (9.27) would ignore the
-# changed params of every job below it in that run.
+# each model that a job of this run trains, predicts with or pseudo-labels
+# with is built once and pushed through a shape check at every input size
+# and the batch size it will see, so a typo in an architecture or encoder
+# name, a combination that cannot work or missing pretrained weights stop
+# the run with one message naming every model concerned. Pretrained weights
+# are loaded (offline, from the weights cache) only for a model this run
+# trains: prediction reads the whole network from the checkpoint. A run
+# without such jobs (e.g. --until preprocess) checks nothing. The jobs are
+# those Snakemake will run (workflow.dag.needrun_jobs(), already restricted
+# by targets, --until and --omit-from when onstart is called; this workflow
+# has no checkpoint rules that add jobs later). It is a gate, not a rule: as
+# a rule its output would make every model's training out of date whenever
+# one model changed, or, as an ancient() input, Snakemake (9.27) would
+# ignore the changed params of every job below it in that run.
 onstart:
-    os.makedirs("results/logs", exist_ok=True)
-    os.makedirs("results/checks", exist_ok=True)
-    checked_models = as_json({model: model_spec(model) for model in MODELS})
-    checked_options = as_json({model: train_options(model) for model in MODELS})
-    checked_scales = " ".join(str(float(scale)) for scale in config["predict"]["scales"])
-    shell(
-        "python -m handbone --quiet check-models --models {checked_models:q} --options {checked_options:q}"
-        " --scales {checked_scales} --out results/checks/models.json 2> results/logs/check_models.log"
-        " || {{ cat results/logs/check_models.log >&2; exit 1; }}"
-    )
+    models_used = models_of_jobs(workflow.dag.needrun_jobs())
+    if models_used and not workflow.touch:
+        os.makedirs("results/logs", exist_ok=True)
+        os.makedirs("results/checks", exist_ok=True)
+        checked_models = as_json(
+            {
+                model: model_spec(model) if trained else {**model_spec(model), "encoder_weights": None}
+                for model, trained in models_used.items()
+            }
+        )
+        checked_options = as_json({model: train_options(model) for model in models_used})
+        checked_scales = " ".join(str(float(scale)) for scale in config["predict"]["scales"])
+        shell(
+            "python -m handbone --quiet check-models --models {checked_models:q} --options {checked_options:q}"
+            " --scales {checked_scales} --out results/checks/models.json 2> results/logs/check_models.log"
+            " || {{ cat results/logs/check_models.log >&2; exit 1; }}"
+        )
 
 
 rule train:
