@@ -252,6 +252,9 @@ def _write_results(tmp_path, holdout=0.8123, models=("unet", "hrnet")):
             "split": ["train"] * 4 + ["test"],
             "height": 8,
             "width": 8,
+            "side": ["right", "right", "left", "left", "left"],
+            "side_confidence": [1.0, 1.0, 1.0, 1.0, 0.71],
+            "side_method": ["labels"] * 4 + ["pixels"],
             "side_from_pixels": ["right", "right", "left", "right", "left"],
             "side_from_labels": ["right", "right", "left", "left", ""],
             "sides_agree": [True, True, True, False, ""],
@@ -309,6 +312,19 @@ def _write_results(tmp_path, holdout=0.8123, models=("unet", "hrnet")):
     pd.DataFrame(
         {"model": list(models), "dice_all": 0.74, "dice_without": [0.74 - gain for gain in gains], "gain": gains}
     ).to_csv(files["added_last"], index=False)
+    files["test_predictions"] = [tmp_path / "predictions" / model / "test" for model in models]
+    for folder in files["test_predictions"]:
+        folder.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "image_name": ["t.png"],
+            "side_from_frame": ["left"],
+            "confidence_as_framed": [0.61],
+            "confidence_mirrored": [0.83],
+            "side": ["right"],
+            "changed": [True],
+        }
+    ).to_csv(files["test_predictions"][0] / "side_checks.csv", index=False)
     return files
 
 
@@ -329,6 +345,10 @@ def test_summary_shows_the_numbers_of_the_run_files(tmp_path):
     )
     assert "agrees with the side from the labels on 3 of 4 training images (not on d.png)" in text
     assert "1 crop cut labelled pixels (the least kept: 95.0%)" in text
+    assert "Sides: 4 from the labels, 1 from the pixels" in text
+    assert "unsure (below 0.90) or decided by the pair rule: t.png (left, pixels, 0.71)" in text
+    assert "The models checked the unsure sides of 1 test image in both orientations" in text
+    assert "turned 1 decision: t.png (right, unet)" in text
     for number in ("0.7111", "0.7011", "0.7211", "0.7302", "0.7605", "+0.0101", "0.8123", "0.1234", "+0.0400"):
         assert number in html, number
     assert "ensemble + small components removed (not kept)" in html

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from handbone import pseudo
+from handbone import predict, pseudo
 from handbone.cache import CacheEntry, file_crc
 from handbone.masks import IGNORE, pack_mask, unpack_mask_batch
 from handbone.train import fold_images, make_loss, train_fold
@@ -137,7 +137,11 @@ def test_images(tmp_path):
 def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_images, monkeypatch):
     folder, maps = test_images
     monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
-    monkeypatch.setattr(pseudo, "mean_probabilities", lambda groups, image, device, **options: maps[int(image[0, 0])])
+    # Also the orientation check of unsure sides (these test images show no hand).
+    for module in (pseudo, predict):
+        monkeypatch.setattr(
+            module, "mean_probabilities", lambda groups, image, device, **options: maps[int(image[0, 0])]
+        )
     expected = [pseudo.class_confidence(maps[value]).mean() for value in (0, 40, 80)]
     assert expected[0] > expected[1] > expected[2]
     threshold = (expected[1] + expected[2]) / 2
@@ -182,7 +186,9 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
 def test_a_fold_without_a_confident_test_image_says_so(test_images, monkeypatch, caplog):
     folder, maps = test_images
     monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
-    monkeypatch.setattr(pseudo, "mean_probabilities", lambda groups, image, device, **options: maps[40])
+    # Also the orientation check of unsure sides (these test images show no hand).
+    for module in (pseudo, predict):
+        monkeypatch.setattr(module, "mean_probabilities", lambda groups, image, device, **options: maps[40])
     table = pseudo.write_pseudo_labels(
         folder / "index.csv",
         ["unused.pt"],

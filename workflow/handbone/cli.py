@@ -289,9 +289,9 @@ def cmd_prediction_analysis(args) -> None:
 
 
 def cmd_run_summary(args) -> None:
-    from .summary import FILES, write_run_summary
+    from .summary import FILES, FOLDERS, write_run_summary
 
-    write_run_summary({name: getattr(args, name) for name in FILES}, args.out)
+    write_run_summary({name: getattr(args, name) for name in (*FILES, *FOLDERS)}, args.out)
     log.info("run summary written to %s", args.out)
 
 
@@ -678,7 +678,7 @@ def _score_commands(commands) -> None:
 
 def _analysis_commands(commands) -> None:
     """The prediction analysis and the report's front page."""
-    from .summary import FILES
+    from .summary import FILES, FOLDERS
 
     sub = _command(
         commands,
@@ -696,6 +696,8 @@ def _analysis_commands(commands) -> None:
     sub = _command(commands, "run-summary", cmd_run_summary, "the run's summary for the report's front page (.rst)")
     for name, help_text in FILES.items():
         sub.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+    for name, help_text in FOLDERS.items():
+        sub.add_argument(f"--{name.replace('_', '-')}", nargs="*", default=[], help=help_text)
     sub.add_argument("--out", required=True, help="reStructuredText file to write")
 
 

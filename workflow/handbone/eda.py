@@ -212,6 +212,7 @@ def _image_record(row, image: np.ndarray) -> dict:
         "intensity_p01": float(np.percentile(image, 1)),
         "intensity_p99": float(np.percentile(image, 99)),
         "side_from_pixels": pose["side"],
+        "side_score_from_pixels": pose["side_score"],
         "rotation_from_pixels": pose["rotation"],
         "side_from_labels": "",
         "rotation_from_labels": np.nan,

@@ -184,27 +184,128 @@ def _label_share_inside(row, frame: Frame) -> float:
     return float(labelled[image_rows, image_cols].sum()) / total if total else 1.0
 
 
+# The confidence of a side from the pixels is the logistic of SIDE_SCALE x
+# |side_score| (pose.pixel_pose), the scale fitted on the training images'
+# labels where there are at least MIN_LABELLED_SIDES of each side; else this
+# default, fitted the same way on the measurement set of pose.SKEW_WEIGHT.
+DEFAULT_SIDE_SCALE = 5.0
+MIN_LABELLED_SIDES = 5
+# Sides decided with less confidence than this, or by the pair rule, are
+# named in the frames log and on the report's front page.
+LOW_SIDE_CONFIDENCE = 0.9
+SIDE_METHODS = ("labels", "pixels", "pair")
+# Written beside a prediction's maps: the images whose unsure side the
+# models checked in both orientations (predict.surer_orientation).
+SIDE_CHECKS = "side_checks.csv"
+OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+def side_scale(scores: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """SIDE_SCALE fitted on labelled images (``scores``: their side_score,
+    ``labels``: "left"/"right"), by maximum likelihood of the logistic
+    model P(left) = logistic(scale x score); and how it was chosen."""
+    from scipy.optimize import minimize_scalar
+
+    signs = np.where(labels == "left", 1.0, -1.0)
+    if min((signs > 0).sum(), (signs < 0).sum()) < MIN_LABELLED_SIDES:
+        return DEFAULT_SIDE_SCALE, f"default (fewer than {MIN_LABELLED_SIDES} labelled images of a side)"
+    margins = signs * scores
+
+    def loss(scale: float) -> float:
+        return float(np.logaddexp(0.0, -scale * margins).sum())
+
+    fitted = minimize_scalar(loss, bounds=(0.1, 200.0), method="bounded").x
+    return float(fitted), f"fitted on {len(scores)} labelled training images"
+
+
+def side_confidence(score, scale: float = DEFAULT_SIDE_SCALE):
+    """The confidence of the side a pixel ``side_score`` gives (0.5 to 1)."""
+    return 1.0 / (1.0 + np.exp(-scale * np.abs(score)))
+
+
+def decide_sides(table: pd.DataFrame, scale: float) -> pd.DataFrame:
+    """Each image's side (``side``, ``side_confidence``, ``side_method``)
+    from a table of ``image_name``, ``person_id``, ``side_score`` (from the
+    pixels) and ``side_from_labels`` (empty where there are none).
+
+    - labels: a labelled image's side is its labels' (confidence 1).
+    - pixels: the sign of the pixels' score, confidence logistic(scale x |score|).
+    - pair: a person has two hands. Where both images of a person got the
+      same side from the pixels, the less sure one is the other hand (its
+      confidence becomes the surer one's); an unlabelled image whose
+      person's other image is labelled is the other hand of that one.
+    """
+    decided = table.copy()
+    labelled = decided["side_from_labels"].astype(str) != ""
+    score = decided["side_score"].astype(float)
+    decided["side"] = np.where(labelled, decided["side_from_labels"], np.where(score > 0, "left", "right"))
+    decided["side_confidence"] = np.where(labelled, 1.0, side_confidence(score, scale))
+    decided["side_method"] = np.where(labelled, "labels", "pixels")
+    for _, person in decided.groupby("person_id", sort=False):
+        if len(person) != 2 or labelled[person.index].all():
+            continue
+        first, second = person.index
+        if decided.at[first, "side"] != decided.at[second, "side"]:
+            continue
+        # The one to change: an unlabelled one, the less sure if both are.
+        unsure, sure = (
+            (first, second)
+            if decided.at[first, "side_confidence"] <= decided.at[second, "side_confidence"]
+            else (second, first)
+        )
+        if labelled[unsure]:
+            unsure, sure = sure, unsure
+        decided.at[unsure, "side"] = OTHER_SIDE[decided.at[sure, "side"]]
+        decided.at[unsure, "side_confidence"] = decided.at[sure, "side_confidence"]
+        decided.at[unsure, "side_method"] = "pair"
+    return decided
+
+
 def write_frames(index_path, image_stats_path, options: dict, out, progress: bool = True) -> pd.DataFrame:
-    """The frame of every image of the index, with the EDA's sides from the
-    pixels (``pose.pixel_pose``, which the frame uses) and from the labels
-    (training images), and the share of each training image's labelled
-    pixels that its crop keeps; a disagreement or a crop that cuts labels
-    is logged."""
+    """The frame of every image of the index, in which its side is decided
+    by ``decide_sides`` (a training image's from its labels, the others'
+    from the pixels, ``pose.pixel_pose``, and the pair rule), with the
+    EDA's sides from the pixels and from the labels side by side and the
+    share of each training image's labelled pixels that its crop keeps; a
+    disagreement, an unsure side or a crop that cuts labels is logged."""
     options = config.section("preprocess", options, "preprocess options")
     index = read_index(index_path)
     stats = pd.read_csv(image_stats_path, keep_default_na=False).set_index("image_name")
+    missing = [name for name in index["image_name"] if name not in stats.index]
+    if missing:
+        raise DataError(f"{image_stats_path} has no row for {missing[0]} ({len(missing)} in all); rerun the EDA")
+    if "side_score_from_pixels" not in stats.columns:
+        raise DataError(f"{image_stats_path} lacks column side_score_from_pixels (an older EDA); rerun the EDA")
+    sides = index[["image_name", "person_id"]].copy()
+    sides["side_score"] = stats.loc[sides["image_name"], "side_score_from_pixels"].astype(float).to_numpy()
+    sides["side_from_labels"] = stats.loc[sides["image_name"], "side_from_labels"].astype(str).to_numpy()
+    labelled = sides[sides["side_from_labels"] != ""]
+    scale, how = side_scale(labelled["side_score"].to_numpy(), labelled["side_from_labels"].to_numpy())
+    sides = decide_sides(sides, scale).set_index("image_name")
+    if len(labelled):
+        right = int(((labelled["side_score"] > 0) == (labelled["side_from_labels"] == "left")).sum())
+        log.info(
+            "side from the pixels right on %d of %d labelled training images (no parameter of the sign is fitted on "
+            "them, so this is its held-out accuracy); confidence scale %.2f, %s",
+            right,
+            len(labelled),
+            scale,
+            how,
+        )
     rows = []
     for _, row in tqdm(index.iterrows(), total=len(index), desc="frames", disable=not progress):
-        if row["image_name"] not in stats.index:
-            raise DataError(f"{image_stats_path} has no row for {row['image_name']}; rerun the EDA")
         side_from_pixels, side_from_labels = stats.loc[row["image_name"], ["side_from_pixels", "side_from_labels"]]
-        frame = frame_of(read_image(row["image_path"]), options, side_from_pixels)
+        decided = sides.loc[row["image_name"]]
+        frame = frame_of(read_image(row["image_path"]), options, decided["side"])
         rows.append(
             {
                 "image_name": row["image_name"],
                 "split": row["split"],
                 "height": frame.height,
                 "width": frame.width,
+                "side": decided["side"],
+                "side_confidence": round(float(decided["side_confidence"]), 4),
+                "side_method": decided["side_method"],
                 "side_from_pixels": side_from_pixels,
                 "side_from_labels": side_from_labels,
                 "sides_agree": "" if not side_from_labels else side_from_pixels == side_from_labels,
@@ -216,6 +317,30 @@ def write_frames(index_path, image_stats_path, options: dict, out, progress: boo
     _log_findings(table)
     write_table(table, out)
     return table
+
+
+def unsure_sides(table: pd.DataFrame) -> pd.DataFrame:
+    """The images of a frames table whose side was decided with less than
+    LOW_SIDE_CONFIDENCE or by the pair rule."""
+    confidence = pd.to_numeric(table["side_confidence"], errors="coerce")
+    return table[(confidence < LOW_SIDE_CONFIDENCE) | (table["side_method"].astype(str) == "pair")]
+
+
+def side_is_unsure(name: str, image: np.ndarray, known: dict[str, Frame] | None, unsure: set[str]) -> bool:
+    """Whether the side of a raw image is unsure: as the frames table says
+    (``known``, with ``unsure`` its ``unsure_sides``) when it lists the
+    image, else from its pixels now (``side_confidence`` below
+    LOW_SIDE_CONFIDENCE)."""
+    if known is not None and name in known:
+        return name in unsure
+    return side_confidence(pixel_pose(image)["side_score"]) < LOW_SIDE_CONFIDENCE
+
+
+def read_unsure_sides(path: str | Path) -> set[str]:
+    """The names of ``unsure_sides`` in a frames table (none in a table
+    written before sides had a confidence)."""
+    table = pd.read_csv(path, keep_default_na=False)
+    return set(unsure_sides(table)["image_name"]) if "side_confidence" in table.columns else set()
 
 
 def disagreeing_sides(table: pd.DataFrame) -> pd.DataFrame:
@@ -236,6 +361,17 @@ def _log_findings(table: pd.DataFrame) -> None:
             "%d training image(s) whose side from the pixels differs from the side from the labels: %s",
             len(disagree),
             ", ".join(disagree["image_name"][:10]),
+        )
+    unsure = unsure_sides(table)
+    if len(unsure):
+        log.warning(
+            "%d image(s) whose side is unsure (confidence below %.2f) or was decided by the pair rule: %s",
+            len(unsure),
+            LOW_SIDE_CONFIDENCE,
+            ", ".join(
+                f"{row.image_name} ({row.side}, {row.side_method}, {float(row.side_confidence):.2f})"
+                for row in unsure.itertuples()
+            ),
         )
     inside = labels_inside_crop(table)
     cut = table[inside < 1.0]

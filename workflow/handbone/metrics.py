@@ -33,6 +33,26 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (2 * intersection + SMOOTH) / (total + SMOOTH)
 
 
+def class_confidence(probabilities: np.ndarray) -> np.ndarray:
+    """Per class of a (29, H, W) map, the Dice the map expects of its own
+    mask at 0.5: the soft Dice between the probabilities and that mask. 1
+    for a sharp map, lower the wider the unsure fringe of a bone or the
+    weaker a detection; 1 for a class no pixel has any probability of."""
+    flat = probabilities.reshape(probabilities.shape[0], -1)
+    mask = flat >= 0.5
+    overlap = np.where(mask, flat, 0).sum(axis=1, dtype=np.float64)
+    return (2 * overlap + SMOOTH) / (flat.sum(axis=1, dtype=np.float64) + np.count_nonzero(mask, axis=1) + SMOOTH)
+
+
+def orientation_confidence(probabilities: np.ndarray) -> float:
+    """How sure a (29, H, W) map is of a whole hand: the mean over classes of
+    ``class_confidence``, a class without a pixel at 0.5 or above counting
+    0 (every hand has its bones; a map that loses some, as one of a hand
+    shown mirrored to networks that learnt the other hand, is less sure)."""
+    found = (probabilities.reshape(probabilities.shape[0], -1) >= 0.5).any(axis=1)
+    return float(np.where(found, class_confidence(probabilities), 0.0).mean())
+
+
 def summarize(per_image: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Per-class mean Dice and the overall score from a table of per-image Dice.
 

@@ -3,9 +3,12 @@ and extra image folders (e.g. real radiographs without labels)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
@@ -13,9 +16,12 @@ from .atomic import atomic_path
 from .cache import network_input
 from .data import read_folds, read_image, read_index
 from .errors import DataError
-from .frames import frame_for, read_frames, to_original
+from .frames import SIDE_CHECKS, frame_for, read_frames, read_unsure_sides, side_is_unsure, to_original
 from .inference import predict_probabilities
+from .metrics import orientation_confidence
 from .model import load_checkpoint
+
+log = logging.getLogger("handbone")
 
 
 def split_images(index_path: str | Path, split: str) -> list[tuple[str, Path]]:
@@ -104,10 +110,17 @@ def predict_images(
     multi-scale TTA over ``scales`` (see inference.predict_probabilities).
     Each image is predicted in its frame (from ``frames_path``, else
     estimated from it; frames.py) and its map brought back to the image.
-    Options left out take config.yaml's predict values. The folder appears
-    only when every map is written."""
+    With one-hand frames (unify_side right), an image whose side is unsure
+    (``frames.side_is_unsure``) is predicted in both orientations and the
+    one the models are surer of is kept (``metrics.orientation_confidence``);
+    ``side_checks.csv`` beside the maps records each such image. Options
+    left out take config.yaml's predict values. The folder appears only
+    when every map is written."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     known = read_frames(frames_path) if frames_path else None
+    unsure = read_unsure_sides(frames_path) if frames_path else set()
+    check_sides = preprocess_options["unify_side"] == "right"
+    side_checks = []
     groups = load_model_groups(checkpoints, device)
     filenames = [probmaps.map_filename(name) for name, _ in images]
     shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})
@@ -123,6 +136,43 @@ def predict_images(
             raw = read_image(path)
             frame = frame_for(name, raw, preprocess_options, known)
             image = network_input(raw, frame, preprocess_options)
-            probabilities = to_original(mean_probabilities(groups, image, device, **options), frame)
-            probmaps.save(staging / filename, probabilities, name)
+            probabilities = mean_probabilities(groups, image, device, **options)
+            if check_sides and side_is_unsure(name, raw, known, unsure):
+                frame, _, probabilities, check = surer_orientation(
+                    name, raw, frame, image, probabilities, groups, device, options, preprocess_options
+                )
+                side_checks.append(check)
+            probmaps.save(staging / filename, to_original(probabilities, frame), name)
+        if side_checks:
+            pd.DataFrame(side_checks).to_csv(staging / SIDE_CHECKS, index=False)
     return Path(out_dir)
+
+
+def surer_orientation(name, raw, frame, image, probabilities, groups, device, options, preprocess_options):
+    """(frame, network input, maps, record) of the orientation of a raw
+    image the models are surer of: ``frame`` as given (with its ``image``
+    and ``probabilities``) or mirrored."""
+    mirrored = dataclasses.replace(frame, flip=not frame.flip)
+    mirrored_image = network_input(raw, mirrored, preprocess_options)
+    mirrored_maps = mean_probabilities(groups, mirrored_image, device, **options)
+    as_framed, as_mirrored = orientation_confidence(probabilities), orientation_confidence(mirrored_maps)
+    changed = as_mirrored > as_framed
+    record = {
+        "image_name": name,
+        "side_from_frame": "left" if frame.flip else "right",
+        "confidence_as_framed": round(as_framed, 4),
+        "confidence_mirrored": round(as_mirrored, 4),
+        "side": "left" if frame.flip != changed else "right",
+        "changed": changed,
+    }
+    log.info(
+        "%s: side unsure; the models are %s sure of it as a %s hand (%.3f) than as a %s hand (%.3f)%s",
+        name,
+        "more" if changed else "at least as",
+        record["side"],
+        max(as_framed, as_mirrored),
+        "right" if record["side"] == "left" else "left",
+        min(as_framed, as_mirrored),
+        ": side changed" if changed else "",
+    )
+    return (mirrored, mirrored_image, mirrored_maps, record) if changed else (frame, image, probabilities, record)

@@ -39,10 +39,10 @@ from .cache import network_input, write_entry
 from .classes import CLASSES
 from .data import read_image, read_index
 from .errors import ConfigError, DataError
-from .frames import FRAME_FIELDS, frame_for, read_frames
+from .frames import FRAME_FIELDS, frame_for, read_frames, read_unsure_sides, side_is_unsure
 from .masks import pack_mask
-from .metrics import SMOOTH
-from .predict import inference_options, load_model_groups, mean_probabilities
+from .metrics import class_confidence
+from .predict import inference_options, load_model_groups, mean_probabilities, surer_orientation
 
 log = logging.getLogger("handbone")
 
@@ -50,17 +50,6 @@ log = logging.getLogger("handbone")
 def _check_pixel_confidence(pixel_confidence: float) -> None:
     if not 0.5 < pixel_confidence <= 1.0:
         raise ConfigError(f"pixel confidence must be in (0.5, 1], got {pixel_confidence}")
-
-
-def class_confidence(probabilities: np.ndarray) -> np.ndarray:
-    """Per class of a (29, H, W) map, the Dice the map expects of its own
-    mask at 0.5: the soft Dice between the probabilities and that mask. 1
-    for a sharp map, lower the wider the unsure fringe of a bone or the
-    weaker a detection; 1 for a class no pixel has any probability of."""
-    flat = probabilities.reshape(probabilities.shape[0], -1)
-    mask = flat >= 0.5
-    overlap = np.where(mask, flat, 0).sum(axis=1, dtype=np.float64)
-    return (2 * overlap + SMOOTH) / (flat.sum(axis=1, dtype=np.float64) + np.count_nonzero(mask, axis=1) + SMOOTH)
 
 
 def pseudo_label(probabilities: np.ndarray, pixel_confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +95,8 @@ def write_pseudo_labels(
         raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device)
     known = read_frames(frames_path) if frames_path else None
+    unsure = read_unsure_sides(frames_path) if frames_path else set()
+    check_sides = preprocess_options["unify_side"] == "right"
     predict_options = inference_options(preprocess_options, **predict_options)
     rows, kept = [], []
     with atomic_path(out_dir) as staging:
@@ -116,6 +107,19 @@ def write_pseudo_labels(
             # Kept in the frame: the pseudo-labels train networks that see this frame.
             image = network_input(raw, frame, preprocess_options)
             probabilities = mean_probabilities(groups, image, device, **predict_options)
+            if check_sides and side_is_unsure(row["image_name"], raw, known, unsure):
+                # As the test predictions: the orientation the models are surer of.
+                frame, image, probabilities, _ = surer_orientation(
+                    row["image_name"],
+                    raw,
+                    frame,
+                    image,
+                    probabilities,
+                    groups,
+                    device,
+                    predict_options,
+                    preprocess_options,
+                )
             per_class = class_confidence(probabilities)
             score = float(per_class.mean())
             mask, uncertain = pseudo_label(probabilities, pixel_confidence)

@@ -19,7 +19,7 @@ from .atomic import atomic_path
 from .data import read_folds, read_index
 from .errors import DataError, MissingInput
 from .fitting import MODEL_STEP, UNIFORM_STEP
-from .frames import disagreeing_sides, labels_inside_crop
+from .frames import LOW_SIDE_CONFIDENCE, SIDE_CHECKS, SIDE_METHODS, disagreeing_sides, labels_inside_crop, unsure_sides
 
 # The files the summary reads, by the name of their command-line option.
 FILES = {
@@ -35,6 +35,10 @@ FILES = {
     "holdout": "scores/holdout.json",
     "analysis_per_class": "analysis/per_class.csv",
     "added_last": "analysis/added_last.csv",
+}
+# Folders, several per option: (option, help).
+FOLDERS = {
+    "test_predictions": "each model's predictions/{model}/test folder (with side_checks.csv where sides were checked)"
 }
 MODES = {
     "uniform": "the uniform mean of the maps",
@@ -143,7 +147,49 @@ def _frames(files: dict) -> str:
     inside = labels_inside_crop(frames)
     if (inside < 1).any():
         text += f"; {count(int((inside < 1).sum()), 'crop')} cut labelled pixels (the least kept: {inside.min():.1%})"
-    return text + ".\n"
+    text += ". " + _unsure_sides(frames) + _network_sides(files.get("test_predictions") or [])
+    return text + "\n"
+
+
+def _network_sides(folders: list[Path]) -> str:
+    """The sentence naming the test images whose unsure side the models checked, and what they decided."""
+    checks = [
+        pd.read_csv(folder / SIDE_CHECKS).assign(model=folder.parent.name)
+        for folder in folders
+        if (folder / SIDE_CHECKS).is_file()
+    ]
+    if not checks:
+        return ""
+    checks = pd.concat(checks)
+    changed = checks[checks["changed"].astype(str) == "True"]
+    text = (
+        f" The models checked the unsure sides of {count(checks['image_name'].nunique(), 'test image')} "
+        "in both orientations"
+    )
+    if not len(changed):
+        return text + " and kept every one."
+    named = ", ".join(f"{escape(row.image_name)} ({row.side}, {escape(row.model)})" for row in changed.itertuples())
+    return text + f" and turned {count(len(changed), 'decision')}: {named}."
+
+
+def _unsure_sides(frames: pd.DataFrame) -> str:
+    """The sentence naming every image whose side is unsure or came from the pair rule."""
+    if "side_method" not in frames.columns:
+        return ""
+    decided = frames["side_method"].astype(str).value_counts()
+    text = "Sides: " + ", ".join(
+        f"{decided[method]} from the {method if method != 'pair' else 'other hand of the person'}"
+        for method in SIDE_METHODS
+        if method in decided
+    )
+    unsure = unsure_sides(frames)
+    if not len(unsure):
+        return text + f"; none below a confidence of {LOW_SIDE_CONFIDENCE:.2f}."
+    named = ", ".join(
+        f"{escape(row.image_name)} ({row.side}, {row.side_method}, {float(row.side_confidence):.2f})"
+        for row in unsure.itertuples()
+    )
+    return text + f"; unsure (below {LOW_SIDE_CONFIDENCE:.2f}) or decided by the pair rule: {named}."
 
 
 def _cross_validation(files: dict) -> str:
@@ -231,6 +277,7 @@ def run_summary(files: dict) -> str:
     for name, path in paths.items():
         if not path.is_file():
             raise MissingInput(f"{path}: {FILES[name]} does not exist (the summary is written after the whole run)")
+    paths.update({name: [Path(folder) for folder in files.get(name) or []] for name in FOLDERS})
     sections = [_data, _frames, _folds, _cross_validation, _ensemble, _holdout, _analysis]
     return "\n".join(section(paths) for section in sections)
 

@@ -82,6 +82,7 @@ rule run_summary:
         holdout="results/scores/holdout.json",
         analysis_per_class="results/analysis/per_class.csv",
         added_last="results/analysis/added_last.csv",
+        test_predictions=expand("results/predictions/{model}/test", model=MODELS),
     output:
         "results/report/summary.rst",
     log:
@@ -92,8 +93,11 @@ rule run_summary:
         ENV
     threads: 1
     params:
+        # One option per input; a list (the test predictions) after one option.
         files=lambda wildcards, input: " ".join(
-            f"--{name.replace('_', '-')} {shlex.quote(path)}" for name, path in input.items()
+            f"--{name.replace('_', '-')} "
+            + " ".join(shlex.quote(path) for path in ([paths] if isinstance(paths, str) else paths))
+            for name, paths in input.items()
         ),
     shell:
         "python -m handbone --quiet run-summary {params.files} --out {output:q} 2> {log:q}"

@@ -1,0 +1,105 @@
+"""Scores the hand's side from the pixels (pose.pixel_pose) on real
+radiographs and on the generator.
+
+- Real: every image of shared/data/real_radiographs (all left hands: the
+  thumb on the image's right) and its mirror image (a right hand); a
+  table of each image's cues (finger_gap, skew), score and side.
+- Generated: the generator's images (train and test, at its default
+  variety) against the side it drew; the frames rule's time per image.
+- The accuracy of the finger gap alone, the skew alone and the shipped mix
+  (pose.SKEW_WEIGHT), and of other weights, on both.
+
+Usage: python benchmarks/sides.py [--people 40] [--size 384] [--seeds 11 12] [--table sides.csv]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from handbone.data import read_image
+from handbone.pose import SKEW_WEIGHT, pixel_pose
+from handbone.synthetic import SyntheticConfig, generate
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_radiographs"
+
+
+def cues(image: np.ndarray) -> dict:
+    pose = pixel_pose(image)
+    return {
+        "finger_gap": pose["finger_gap"],
+        "skew": pose["skew"],
+        "side_score": pose["side_score"],
+        "side": pose["side"],
+    }
+
+
+def real_rows() -> list[dict]:
+    rows = []
+    for path in sorted(REAL.glob("*/*.png")):
+        image = read_image(path)
+        for mirrored in (False, True):
+            shown = np.ascontiguousarray(image[:, ::-1]) if mirrored else image
+            name = f"{path.parent.name}/{path.name}" + (" (mirrored)" if mirrored else "")
+            rows.append({"set": "real", "image": name, "truth": "right" if mirrored else "left", **cues(shown)})
+    return rows
+
+
+def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[list[dict], float]:
+    root = generate(
+        folder / f"seed{seed}",
+        SyntheticConfig(train_people=people, test_people=max(1, people // 4), image_size=size, seed=seed),
+        False,
+    )
+    manifest = pd.read_csv(root / "ground_truth" / "manifest.csv").drop_duplicates("image_name")
+    truth = manifest.set_index("image_name")["hand"]
+    rows, seconds = [], 0.0
+    for path in sorted((root / "data").glob("*/DCM/*/*.png")):
+        image = read_image(path)
+        start = time.perf_counter()
+        found = cues(image)
+        seconds += time.perf_counter() - start
+        rows.append({"set": f"generated (seed {seed})", "image": path.name, "truth": truth[path.name], **found})
+    return rows, seconds / max(len(rows), 1)
+
+
+def accuracy(table: pd.DataFrame, weight: float) -> pd.Series:
+    score = table["finger_gap"] + weight * table["skew"]
+    right = (score > 0) == (table["truth"] == "left")
+    return right.groupby(table["set"].str.startswith("generated").map({True: "generated", False: "real"})).agg(
+        lambda column: f"{int(column.sum())} of {len(column)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=40, help="people per generated set (two hands each)")
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
+    parser.add_argument("--table", type=Path, help="write every image's cues and side here (CSV)")
+    args = parser.parse_args()
+    rows = real_rows() if REAL.is_dir() else []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in args.seeds:
+            generated, seconds = generated_rows(args.people, args.size, seed, Path(folder))
+            rows += generated
+            print(f"seed {seed}: {seconds * 1000:.0f} ms per image for the side at {args.size} px")
+    table = pd.DataFrame(rows)
+    table["right"] = table["side"] == table["truth"]
+    if args.table:
+        table.to_csv(args.table, index=False)
+    real = table[table["set"] == "real"]
+    if len(real):
+        print(real[["image", "truth", "finger_gap", "skew", "side_score", "side"]].round(3).to_markdown(index=False))
+        print("misjudged:", ", ".join(real.loc[~real["right"], "image"]) or "none")
+    weights = sorted({0.0, 0.2, 0.5, SKEW_WEIGHT, 1.0, 2.0, 1e6})
+    summary = pd.DataFrame({("skew alone" if w == 1e6 else f"skew weight {w:g}"): accuracy(table, w) for w in weights})
+    print(summary.T.to_markdown())
+    print(f"shipped: pose.SKEW_WEIGHT = {SKEW_WEIGHT}")
+
+
+if __name__ == "__main__":
+    main()
