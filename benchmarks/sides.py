@@ -7,7 +7,9 @@ radiographs and on the generator.
 - Generated: the generator's images (train and test, at its default
   variety) against the side it drew; the frames rule's time per image.
 - The accuracy of the finger gap alone, the skew alone and the shipped mix
-  (pose.SKEW_WEIGHT), and of other weights, on both.
+  (pose.SKEW_WEIGHT), and of other weights, on both; on the generated
+  images also with the pair rule (frames.decide_sides: a person's two
+  images are two hands), as the frames rule decides test images.
 
 Usage: python benchmarks/sides.py [--people 40] [--size 384] [--seeds 11 12] [--table sides.csv]
 """
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from handbone.data import read_image
+from handbone.frames import DEFAULT_SIDE_SCALE, decide_sides
 from handbone.pose import SKEW_WEIGHT, pixel_pose
 from handbone.synthetic import SyntheticConfig, generate
 
@@ -37,15 +40,18 @@ def cues(image: np.ndarray) -> dict:
     }
 
 
-def real_rows() -> list[dict]:
-    rows = []
+def real_rows() -> tuple[list[dict], float]:
+    rows, seconds = [], 0.0
     for path in sorted(REAL.glob("*/*.png")):
         image = read_image(path)
         for mirrored in (False, True):
             shown = np.ascontiguousarray(image[:, ::-1]) if mirrored else image
             name = f"{path.parent.name}/{path.name}" + (" (mirrored)" if mirrored else "")
-            rows.append({"set": "real", "image": name, "truth": "right" if mirrored else "left", **cues(shown)})
-    return rows
+            start = time.perf_counter()
+            found = cues(shown)
+            seconds += time.perf_counter() - start
+            rows.append({"set": "real", "image": name, "truth": "right" if mirrored else "left", **found})
+    return rows, seconds / max(len(rows), 1)
 
 
 def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[list[dict], float]:
@@ -56,13 +62,22 @@ def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[lis
     )
     manifest = pd.read_csv(root / "ground_truth" / "manifest.csv").drop_duplicates("image_name")
     truth = manifest.set_index("image_name")["hand"]
+    person = manifest.set_index("image_name")["person_id"]
     rows, seconds = [], 0.0
     for path in sorted((root / "data").glob("*/DCM/*/*.png")):
         image = read_image(path)
         start = time.perf_counter()
         found = cues(image)
         seconds += time.perf_counter() - start
-        rows.append({"set": f"generated (seed {seed})", "image": path.name, "truth": truth[path.name], **found})
+        rows.append(
+            {
+                "set": f"generated (seed {seed})",
+                "image": path.name,
+                "person_id": f"{seed}-{person[path.name]}",
+                "truth": truth[path.name],
+                **found,
+            }
+        )
     return rows, seconds / max(len(rows), 1)
 
 
@@ -81,7 +96,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
     parser.add_argument("--table", type=Path, help="write every image's cues and side here (CSV)")
     args = parser.parse_args()
-    rows = real_rows() if REAL.is_dir() else []
+    rows = []
+    if REAL.is_dir():
+        rows, seconds = real_rows()
+        print(f"real radiographs: {seconds * 1000:.0f} ms per image for the side (pose.pixel_pose)")
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
             generated, seconds = generated_rows(args.people, args.size, seed, Path(folder))
@@ -98,6 +116,10 @@ def main() -> None:
     weights = sorted({0.0, 0.2, 0.5, SKEW_WEIGHT, 1.0, 2.0, 1e6})
     summary = pd.DataFrame({("skew alone" if w == 1e6 else f"skew weight {w:g}"): accuracy(table, w) for w in weights})
     print(summary.T.to_markdown())
+    generated = table[table["set"] != "real"].assign(side_from_labels="")
+    paired = decide_sides(generated.assign(side_logit=DEFAULT_SIDE_SCALE * generated["side_score"]))
+    right = int((paired["side"] == paired["truth"]).sum())
+    print(f"generated, shipped mix with the pair rule: {right} of {len(paired)}")
     print(f"shipped: pose.SKEW_WEIGHT = {SKEW_WEIGHT}")
 
 

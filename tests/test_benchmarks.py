@@ -22,6 +22,7 @@ def _run(script: str, *arguments: str) -> str:
 def test_sides_benchmark_scores_the_side_from_the_pixels(tmp_path):
     output = _run("sides.py", "--people", "2", "--size", "128", "--seeds", "1", "--table", str(tmp_path / "sides.csv"))
     assert "skew alone" in output and "shipped: pose.SKEW_WEIGHT" in output
+    assert "with the pair rule: " in output
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "sides.csv")

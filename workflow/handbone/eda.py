@@ -213,6 +213,8 @@ def _image_record(row, image: np.ndarray) -> dict:
         "intensity_p99": float(np.percentile(image, 99)),
         "side_from_pixels": pose["side"],
         "side_score_from_pixels": pose["side_score"],
+        "finger_gap_from_pixels": pose["finger_gap"],
+        "skew_from_pixels": pose["skew"],
         "rotation_from_pixels": pose["rotation"],
         "side_from_labels": "",
         "rotation_from_labels": np.nan,

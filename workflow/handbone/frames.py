@@ -29,7 +29,7 @@ from . import config
 from .atomic import write_table
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
-from .pose import foreground_mask, pixel_pose
+from .pose import SKEW_WEIGHT, foreground_mask, pixel_pose
 
 log = logging.getLogger("handbone")
 
@@ -184,14 +184,24 @@ def _label_share_inside(row, frame: Frame) -> float:
     return float(labelled[image_rows, image_cols].sum()) / total if total else 1.0
 
 
-# The confidence of a side from the pixels is the logistic of SIDE_SCALE x
-# |side_score| (pose.pixel_pose), the scale fitted on the training images'
-# labels where there are at least MIN_LABELLED_SIDES of each side; else this
-# default, fitted the same way on the measurement set of pose.SKEW_WEIGHT.
-DEFAULT_SIDE_SCALE = 5.0
+# The side from the pixels is a logistic model of two cues of
+# pose.pixel_pose (SIDE_CUES): P(left) = logistic(weights . cues). Without
+# labels the weights are pose.side_score's rule, (1, pose.SKEW_WEIGHT),
+# times DEFAULT_SIDE_SCALE (fitted the same way on benchmarks/sides.py's
+# images). With at least MIN_LABELLED_SIDES labelled images of each side,
+# the rule's scale is fitted on them, and so are free weights, which
+# replace the rule only if, cross-validated over people, they are right on
+# MORE_RIGHT_NEEDED more of the labelled images than the rule (and at least
+# that share of them): the images to be judged are of the same kind as the
+# labelled ones, but a handful of them must not overturn a rule measured on
+# real radiographs.
+SIDE_CUES = ("finger_gap", "skew")
+DEFAULT_SIDE_SCALE = 4.3
 MIN_LABELLED_SIDES = 5
+MORE_RIGHT_NEEDED = 2, 0.02
 # Sides decided with less confidence than this, or by the pair rule, are
-# named in the frames log and on the report's front page.
+# named in the frames log and on the report's front page, and the
+# predictions try both orientations of them.
 LOW_SIDE_CONFIDENCE = 0.9
 SIDE_METHODS = ("labels", "pixels", "pair")
 # Written beside a prediction's maps: the images whose unsure side the
@@ -200,22 +210,49 @@ SIDE_CHECKS = "side_checks.csv"
 OTHER_SIDE = {"left": "right", "right": "left"}
 
 
-def side_scale(scores: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
-    """SIDE_SCALE fitted on labelled images (``scores``: their side_score,
-    ``labels``: "left"/"right"), by maximum likelihood of the logistic
-    model P(left) = logistic(scale x score); and how it was chosen."""
-    from scipy.optimize import minimize_scalar
+def _fit_logistic(cues: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Weights w of P(sign = +1) = logistic(w . cue), no intercept (a
+    mirrored hand has every cue negated and must get the other side), by
+    maximum likelihood with a little L2 so separable data stay finite."""
+    from scipy.optimize import minimize
 
+    def loss(weights: np.ndarray) -> float:
+        return float(np.logaddexp(0.0, -signs * (cues @ weights)).sum() + 0.01 * weights @ weights)
+
+    return minimize(loss, np.ones(cues.shape[1]), method="BFGS").x
+
+
+def side_model(cues: np.ndarray, labels: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, str]:
+    """The weights of SIDE_CUES for the side from the pixels, from labelled
+    images (``cues``: their SIDE_CUES, ``labels``: "left"/"right",
+    ``people``: their person IDs, the groups of the cross-validation); and
+    how they were chosen, with the accuracies measured, for the log."""
+    from sklearn.model_selection import GroupKFold
+
+    rule = np.array([1.0, SKEW_WEIGHT])
     signs = np.where(labels == "left", 1.0, -1.0)
     if min((signs > 0).sum(), (signs < 0).sum()) < MIN_LABELLED_SIDES:
-        return DEFAULT_SIDE_SCALE, f"default (fewer than {MIN_LABELLED_SIDES} labelled images of a side)"
-    margins = signs * scores
-
-    def loss(scale: float) -> float:
-        return float(np.logaddexp(0.0, -scale * margins).sum())
-
-    fitted = minimize_scalar(loss, bounds=(0.1, 200.0), method="bounded").x
-    return float(fitted), f"fitted on {len(scores)} labelled training images"
+        return DEFAULT_SIDE_SCALE * rule, (
+            f"the rule (finger gap + {SKEW_WEIGHT:g} x skew) with its default confidence scale "
+            f"({len(signs)} labelled images, fewer than {MIN_LABELLED_SIDES} of a side)"
+        )
+    count = len(signs)
+    rule_right = int((np.sign(cues @ rule) == signs).sum())
+    splits = GroupKFold(n_splits=min(5, len(set(people)))).split(cues, signs, people)
+    free_right = sum(
+        int((np.sign(cues[held] @ _fit_logistic(cues[fit], signs[fit])) == signs[held]).sum()) for fit, held in splits
+    )
+    measured = (
+        f"on the {count} labelled training images the rule (finger gap + {SKEW_WEIGHT:g} x skew) is right on "
+        f"{rule_right} (it has no parameter fitted on them), weights fitted on them on {free_right} "
+        "(cross-validated over people)"
+    )
+    more, share = MORE_RIGHT_NEEDED
+    if free_right >= rule_right + max(more, share * count):
+        weights = _fit_logistic(cues, signs)
+        return weights, f"{measured}: the fitted weights {np.round(weights, 3).tolist()} are used"
+    scale = float(_fit_logistic((cues @ rule)[:, None], signs)[0])
+    return scale * rule, f"{measured}: the rule is kept, with a confidence scale of {scale:.2f} fitted on them"
 
 
 def side_confidence(score, scale: float = DEFAULT_SIDE_SCALE):
@@ -223,13 +260,14 @@ def side_confidence(score, scale: float = DEFAULT_SIDE_SCALE):
     return 1.0 / (1.0 + np.exp(-scale * np.abs(score)))
 
 
-def decide_sides(table: pd.DataFrame, scale: float) -> pd.DataFrame:
+def decide_sides(table: pd.DataFrame) -> pd.DataFrame:
     """Each image's side (``side``, ``side_confidence``, ``side_method``)
-    from a table of ``image_name``, ``person_id``, ``side_score`` (from the
-    pixels) and ``side_from_labels`` (empty where there are none).
+    from a table of ``image_name``, ``person_id``, ``side_logit`` (from the
+    pixels: the log-odds of a left hand, ``side_model``'s weights times the
+    cues) and ``side_from_labels`` (empty where there are none).
 
     - labels: a labelled image's side is its labels' (confidence 1).
-    - pixels: the sign of the pixels' score, confidence logistic(scale x |score|).
+    - pixels: the sign of the logit, confidence logistic(|logit|).
     - pair: a person has two hands. Where both images of a person got the
       same side from the pixels, the less sure one is the other hand (its
       confidence becomes the surer one's); an unlabelled image whose
@@ -237,9 +275,9 @@ def decide_sides(table: pd.DataFrame, scale: float) -> pd.DataFrame:
     """
     decided = table.copy()
     labelled = decided["side_from_labels"].astype(str) != ""
-    score = decided["side_score"].astype(float)
-    decided["side"] = np.where(labelled, decided["side_from_labels"], np.where(score > 0, "left", "right"))
-    decided["side_confidence"] = np.where(labelled, 1.0, side_confidence(score, scale))
+    logit = decided["side_logit"].astype(float)
+    decided["side"] = np.where(labelled, decided["side_from_labels"], np.where(logit > 0, "left", "right"))
+    decided["side_confidence"] = np.where(labelled, 1.0, side_confidence(logit, 1.0))
     decided["side_method"] = np.where(labelled, "labels", "pixels")
     for _, person in decided.groupby("person_id", sort=False):
         if len(person) != 2 or labelled[person.index].all():
@@ -274,24 +312,19 @@ def write_frames(index_path, image_stats_path, options: dict, out, progress: boo
     missing = [name for name in index["image_name"] if name not in stats.index]
     if missing:
         raise DataError(f"{image_stats_path} has no row for {missing[0]} ({len(missing)} in all); rerun the EDA")
-    if "side_score_from_pixels" not in stats.columns:
-        raise DataError(f"{image_stats_path} lacks column side_score_from_pixels (an older EDA); rerun the EDA")
+    columns = [f"{cue}_from_pixels" for cue in SIDE_CUES]
+    if any(column not in stats.columns for column in columns):
+        raise DataError(f"{image_stats_path} lacks column(s) {columns} (an older EDA); rerun the EDA")
     sides = index[["image_name", "person_id"]].copy()
-    sides["side_score"] = stats.loc[sides["image_name"], "side_score_from_pixels"].astype(float).to_numpy()
+    cues = stats.loc[sides["image_name"], columns].astype(float).to_numpy()
     sides["side_from_labels"] = stats.loc[sides["image_name"], "side_from_labels"].astype(str).to_numpy()
-    labelled = sides[sides["side_from_labels"] != ""]
-    scale, how = side_scale(labelled["side_score"].to_numpy(), labelled["side_from_labels"].to_numpy())
-    sides = decide_sides(sides, scale).set_index("image_name")
-    if len(labelled):
-        right = int(((labelled["side_score"] > 0) == (labelled["side_from_labels"] == "left")).sum())
-        log.info(
-            "side from the pixels right on %d of %d labelled training images (no parameter of the sign is fitted on "
-            "them, so this is its held-out accuracy); confidence scale %.2f, %s",
-            right,
-            len(labelled),
-            scale,
-            how,
-        )
+    labelled = (sides["side_from_labels"] != "").to_numpy()
+    weights, how = side_model(
+        cues[labelled], sides["side_from_labels"].to_numpy()[labelled], sides["person_id"].to_numpy()[labelled]
+    )
+    log.info("side from the pixels: %s", how)
+    sides["side_logit"] = cues @ weights
+    sides = decide_sides(sides).set_index("image_name")
     rows = []
     for _, row in tqdm(index.iterrows(), total=len(index), desc="frames", disable=not progress):
         side_from_pixels, side_from_labels = stats.loc[row["image_name"], ["side_from_pixels", "side_from_labels"]]
