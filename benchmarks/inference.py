@@ -15,7 +15,7 @@ MONAI is installed with handbone (its DynUNet is the nnU-Net-style member).
 
 Usage (after the demo run, which trains the default checkpoint):
   python benchmarks/inference.py [--checkpoint results/models/unet_mobilenetv3/fold0/model.pt]
-      [--images 3] [--window 1024] [--repeats 5] [--parts 1 2 3]
+      [--images 3] [--size 2048] [--window 1024] [--repeats 5] [--parts 1 2 3]
 """
 
 import argparse
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handbone import probmaps
+from handbone import config, probmaps
 from handbone.data import index_data_root, read_image
 from handbone.inference import _sliding_window, predict_probabilities
 from handbone.metrics import dice_per_class
@@ -46,9 +46,9 @@ def timed(function):
     return result, time.perf_counter() - started
 
 
-def synthetic_test_images(folder: Path, count: int) -> list[np.ndarray]:
-    config = SyntheticConfig(train_people=1, test_people=max(1, (count + 1) // 2), image_size=2048, seed=77)
-    index = index_data_root(generate(folder / "set", config, progress=False) / "data")
+def synthetic_test_images(folder: Path, count: int, size: int = 2048) -> list[np.ndarray]:
+    synthetic = SyntheticConfig(train_people=1, test_people=max(1, (count + 1) // 2), image_size=size, seed=77)
+    index = index_data_root(generate(folder / "set", synthetic, progress=False) / "data")
     paths = index.loc[index["split"] == "test", "image_path"].head(count)
     return [preprocess(read_image(path), config.default("preprocess")) for path in paths]
 
@@ -86,7 +86,7 @@ def compare_with_monai(model, image: np.ndarray, window: int, overlap: float, re
     # the machine's load only ever adds time.
     ours_time, monai_time = min(times["ours"]), min(times["monai"])
     print(
-        f"\n1. Sliding window, {window} px windows, overlap {overlap}, batch {batch_size}, one 2048 x 2048 image, "
+        f"\n1. Sliding window, {window} px windows, overlap {overlap}, batch {batch_size}, one {image.shape[0]} x {image.shape[1]} image, "
         f"best of {repeats} alternated runs (medians: ours {statistics.median(times['ours']):.2f} s, "
         f"MONAI {statistics.median(times['monai']):.2f} s)"
     )
@@ -124,7 +124,9 @@ def compare_storage(model, checkpoint, images: list[np.ndarray], folder: Path) -
             dice = dice_per_class(stored > 0.5, reference).min()
             rows[name].append((path.stat().st_size, write_seconds, read_seconds, dice))
             path.unlink()
-    print(f"\n2. Map storage, {len(images)} synthetic test images, maps of 29 x 2048 x 2048 (trained model)")
+    print(
+        f"\n2. Map storage, {len(images)} synthetic test images, maps of 29 x {images[0].shape[0]} x {images[0].shape[1]} (trained model)"
+    )
     print(f"   {'format':36s} {'MB/image':>9s} {'write s':>8s} {'read s':>7s} {'min class Dice vs float32':>26s}")
     summary = {}
     for name, values in rows.items():
@@ -146,7 +148,7 @@ def high_water_mark_gb() -> float:
 
 
 def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str, batch_size: int) -> None:
-    """Run in a fresh process: predict one 2048 image with TTA, print max RSS."""
+    """Run in a fresh process: predict one image with TTA, print max RSS."""
     torch.set_num_threads(2)
     model, checkpoint = load_checkpoint(checkpoint_path, torch.device("cpu"))
     size = checkpoint["input_size"] if mode == "resize" else window
@@ -161,7 +163,9 @@ def memory_child(checkpoint_path: str, mode: str, window: int, image_path: str, 
 
 
 def measure_memory(checkpoint_path: str, window: int, image: np.ndarray, folder: Path) -> None:
-    print(f"\n3. Peak memory, one 2048 x 2048 image on the CPU, TTA hflip x scales {list(TTA_SCALES)}, fresh process")
+    print(
+        f"\n3. Peak memory, one {image.shape[0]} x {image.shape[1]} image on the CPU, TTA hflip x scales {list(TTA_SCALES)}, fresh process"
+    )
     print(f"   {'model input':42s} {'peak RSS GB':>11s} {'before predict GB':>18s} {'seconds':>8s}")
     image_path = folder / "image.npy"
     np.save(image_path, image)
@@ -198,6 +202,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="results/models/unet_mobilenetv3/fold0/model.pt")
     parser.add_argument("--images", type=int, default=3, help="test images for the storage comparison")
     parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--size", type=int, default=2048, help="side of the synthetic test images")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3], help="which comparisons to run")
@@ -215,7 +220,7 @@ def main() -> None:
         f"CPU, {torch.get_num_threads()} threads"
     )
     with tempfile.TemporaryDirectory() as folder:
-        images = synthetic_test_images(Path(folder), args.images if 2 in args.parts else 1)
+        images = synthetic_test_images(Path(folder), args.images if 2 in args.parts else 1, args.size)
         if 1 in args.parts:
             compare_with_monai(model, images[0], args.window, args.overlap, args.repeats)
         if 2 in args.parts:

@@ -43,7 +43,7 @@ def run(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict, float]:
     """Generate, index and run the EDA; the outliers, image statistics,
     manifest, EDA summary and the EDA's seconds."""
     with tempfile.TemporaryDirectory() as folder:
-        config = SyntheticConfig(
+        synthetic = SyntheticConfig(
             train_people=args.people,
             test_people=max(10, args.people // 5),
             image_size=args.size,
@@ -54,7 +54,7 @@ def run(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict, float]:
             bent_wrist_rate_test=0.4,
             **(PLAIN if args.plain else {}),
         )
-        root = generate(Path(folder) / "set", config, progress=False)
+        root = generate(Path(folder) / "set", synthetic, progress=False)
         index = index_data_root(root / "data")
         started = time.monotonic()
         summary = run_eda(index, Path(folder) / "eda", progress=False)

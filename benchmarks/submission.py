@@ -13,7 +13,7 @@
    post-processing.
 
 Usage:
-  python benchmarks/submission.py [--images 300 100] [--skip-demo]
+  python benchmarks/submission.py [--images 300 100] [--unique 8] [--size 2048] [--skip-demo]
 """
 
 import argparse
@@ -29,9 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import yaml
 
-from handbone import probmaps, rle
+from handbone import config, probmaps, rle
 from handbone.data import index_data_root, mask_for_row, read_index
 from handbone.ensemble import ensemble_maps
 from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps
@@ -218,7 +217,7 @@ def demo_comparison(results: Path) -> None:
             ("weighted ensemble (fitted)", oof["weighted ensemble"], test_dirs, chosen["weighted"], plain),
             ("class-wise ensemble (fitted)", oof["class-wise ensemble"], test_dirs, chosen["classwise"], plain),
         ]
-        options = yaml.safe_load(Path("config.yaml").read_text())["postprocess"]
+        options = config.default("postprocess")  # the checkout's config.yaml, wherever this runs from
         for mode in ("uniform", "classwise"):
             params, steps, _ = fit_postprocess(images, models, cache, chosen[mode], options, progress=False)
             variants.append(
@@ -248,6 +247,7 @@ def main() -> None:
         "--images", type=int, nargs="+", default=[300, 100], help="test-set sizes for the stage benchmark"
     )
     parser.add_argument("--unique", type=int, default=8, help="distinct synthetic images behind the maps")
+    parser.add_argument("--size", type=int, default=2048, help="side of the synthetic images and maps")
     parser.add_argument("--results", default="results")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="--threads of ensemble and submit (the rules use 2)")
@@ -255,10 +255,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         # Labelled synthetic hands (training images, without annotation faults).
-        config = SyntheticConfig(
-            train_people=(args.unique + 1) // 2, test_people=1, image_size=2048, seed=11, fault_rate=0.0
+        synthetic = SyntheticConfig(
+            train_people=(args.unique + 1) // 2, test_people=1, image_size=args.size, seed=11, fault_rate=0.0
         )
-        index = index_data_root(generate(folder / "set", config, progress=False) / "data")
+        index = index_data_root(generate(folder / "set", synthetic, progress=False) / "data")
         truth = [mask_for_row(row) for _, row in index[index["split"] == "train"].head(args.unique).iterrows()]
         compare_rle(truth[0])
         stage_benchmark(folder, truth, args.images, args.threads)

@@ -1,30 +1,159 @@
 """Every script in benchmarks/ runs at its smallest size, so that a
 refactor cannot break one silently."""
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from handbone.classes import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *arguments: str) -> str:
+    path = ROOT / "benchmarks" / script
+    command = [str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
+    # This environment's snakemake, python and handbone first on PATH, as in conftest.
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
+        [*command, *arguments],
         capture_output=True,
         text=True,
         timeout=600,
+        env=environment,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def _number(pattern: str, output: str) -> float:
+    """The number that ``pattern``'s group catches in ``output``."""
+    found = re.search(pattern, output, re.MULTILINE)
+    assert found, f"{pattern!r} not in:\n{output}"
+    return float(found.group(1))
 
 
 def test_sides_benchmark_scores_the_side_from_the_pixels(tmp_path):
     output = _run("sides.py", "--people", "2", "--size", "128", "--seeds", "1", "--table", str(tmp_path / "sides.csv"))
     assert "skew alone" in output and "shipped: pose.SKEW_WEIGHT" in output
     assert "with the pair rule: " in output
-    import pandas as pd
-
     table = pd.read_csv(tmp_path / "sides.csv")
     assert {"finger_gap", "skew", "side_score", "side", "truth"} <= set(table.columns)
     assert table["set"].str.startswith("generated").sum() == 6
+
+
+def test_data_pipeline_benchmark_times_the_cache_against_decoding(tmp_path):
+    output = _run("data_pipeline.py", "--size", "128", "--window", "64", "--images", "1", "--samples", "1")
+    assert "2 train images of 128x128, 64x64 windows, 1 samples each way" in output
+    assert "cache built in " in output
+    for name in ("naive (PNG + JSON per sample)", "cache (memory-mapped window)"):
+        assert _number(rf"{re.escape(name)}\s+([\d.]+) samples/s", output) > 0
+    assert _number(r"cache / naive: ([\d.]+)x", output) > 0
+
+
+def test_inference_benchmark_compares_windows_storage_and_memory(tmp_path):
+    import torch
+
+    from handbone.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = {
+        "arch": "Unet",
+        "encoder": "tu-mobilenetv3_small_050",
+        "encoder_weights": None,
+        "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
+    }
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, build_model(spec).eval(), {"model": spec, "input_size": 64, "input_mode": "resize"})
+    output = _run(
+        "inference.py",
+        *("--checkpoint", str(checkpoint), "--size", "64", "--window", "64", "--images", "1", "--repeats", "1"),
+    )
+    # 1. Our Gaussian sliding window equals MONAI's.
+    assert "one 64 x 64 image" in output
+    assert _number(r"largest \|ours - MONAI\| = (\S+);", output) < 1e-4
+    # 2. The three storage formats, ours thresholding like the float32 map.
+    assert "maps of 29 x 64 x 64" in output and "MB/image" in output
+    for name in ("float32 savez_compressed (nnU-Net)", "float16 savez_compressed"):
+        assert re.search(rf"^\s+{re.escape(name)}(\s+[\d.]+){{4}}$", output, re.MULTILINE), output
+    assert _number(r"handbone \.npz \(uint8 boxes\)(?:\s+[\d.]+){3}\s+([\d.]+)$", output) > 0.9
+    assert re.search(r"ours vs float16: \d+x smaller", output)
+    # 3. Peak memory of each input mode, measured in a fresh process.
+    for label in ("whole image resized", "64 px windows, overlap 0.5, batch 4", "64 px windows, overlap 0.5, batch 1"):
+        assert _number(rf"{re.escape(label)}\s+([\d.]+)\s+[\d.]+\s+[\d.]+$", output) > 0
+
+
+def test_models_benchmark_measures_a_training_step_of_the_demo_model(tmp_path):
+    out = tmp_path / "models.json"
+    output = _run(
+        "models.py",
+        *("--device", "cpu", "--window", "64", "--batches", "1", "--repeats", "1", "--configs", "config.yaml"),
+        *("--out", str(out)),
+    )
+    models = [name for name, spec in yaml.safe_load((ROOT / "config.yaml").read_text())["models"].items() if spec]
+    assert "Training step (forward + backward + AdamW), 64 x 64 windows, device cpu" in output
+    assert "| model | config | arch / encoder | params (M) | ms/window b1 |" in output
+    for name in models:
+        assert re.search(rf"^\| {name} \| config.yaml \| .+ \| [\d.]+ \| \d+ \| [\d.]+ \|$", output, re.MULTILINE)
+    report = json.loads(out.read_text())
+    assert report["window"] == 64 and [row["model"] for row in report["models"]] == models
+    for row in report["models"]:
+        assert row["parameters"] > 0 and row["batches"]["1"]["seconds_per_window"] > 0
+
+
+def test_outliers_benchmark_scores_the_eda_against_the_manifest():
+    output = _run("outliers.py", "--people", "2", "--size", "128")
+    assert re.search(r"^\d+ train images \(128 px, with every case\), \d+ with an injected fault", output, re.M)
+    assert "recall per injected fault kind (image excluded):" in output
+    assert _number(r"^  excluded \(any\)\s+\d+/\s*\d+ = ([\d.]+)$", output) >= 0
+    assert re.search(r"cut, adults: 0/\d+ excluded \(must be 0\)", output)
+    assert _number(r"side agrees ([\d.]+)", output) >= 0.5
+    assert re.search(r"real radiographs: pixel pose on \d+ images without error", output)
+
+
+def test_submission_benchmark_encodes_and_times_the_stage(tmp_path):
+    # An empty results folder: part 3 (the demo's ensembles) says it is skipped.
+    output = _run("submission.py", "--images", "1", "--unique", "1", "--size", "128", "--results", str(tmp_path))
+    assert "RLE of 29 masks of 128 x 128" in output
+    assert "identical strings: True" in output
+    assert "maps of 29 x 128 x 128" in output
+    assert re.search(r"^\s+1(\s+[\d.]+){5}$", output, re.MULTILINE), output  # 1 image: seconds, GB, images/s
+    assert "3. skipped: the demo has fewer than 2 models" in output
+
+
+def test_compare_runs_prints_each_class_and_applies_the_rule(tmp_path):
+    for label, dice in (("none", 0.80), ("right", 0.82)):
+        results = tmp_path / label / "results"
+        (results / "postprocess").mkdir(parents=True)
+        (results / "scores").mkdir()
+        steps = [("plain threshold", dice - 0.01), ("largest component", dice)]  # the last step was frozen
+        pd.DataFrame(
+            [{"step": step, "mean_dice": value, **dict.fromkeys(CLASSES, value)} for step, value in steps]
+        ).to_csv(results / "postprocess" / "oof_scores.csv", index=False)
+        held_out = [dice - 0.1 if label == "right" and name == CLASSES[3] else dice for name in CLASSES]
+        pd.DataFrame({"class": CLASSES, "dice": held_out}).to_csv(
+            results / "scores" / "holdout_per_class.csv", index=False
+        )
+    output = _run("compare_runs.py", f"none={tmp_path / 'none'}", f"right={tmp_path / 'right'}")
+    assert re.search(r"^\s+none OOF\s+none held-out\s+right OOF\s+right held-out$", output, re.MULTILINE)
+    assert re.search(rf"^{CLASSES[3]}\s+0\.80*\s+0\.80*\s+0\.820*\s+0\.720*$", output, re.MULTILINE), output
+    assert f"right: held-out +{0.02 - 0.1 / 29:.4f}, OOF +0.0200" in output
+    assert f"1 classes lose more than 0.01 (worst {CLASSES[3]} -0.0800); does not help by the rule" in output
+    markdown = _run("compare_runs.py", f"none={tmp_path / 'none'}", f"right={tmp_path / 'right'}", "--markdown")
+    assert "|   none OOF |" in markdown and "| mean " in markdown
+
+
+def test_demo_run_dry_run_plans_the_demo_and_deletes_nothing(tmp_path):
+    # The real run takes about 17 minutes and empties results/; -n only plans it
+    # (here in an empty folder, so the plan is the whole demo).
+    output = _run("demo_run.sh", "2", "-n", "--directory", str(tmp_path))
+    assert "This was a dry-run (flag -n)" in output
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE))
+    assert jobs["demo_data"] == "1" and jobs["submission"] == "1" and int(jobs["train"]) >= 1
+    assert not (tmp_path / "results").exists()
