@@ -302,3 +302,83 @@ def test_real_radiographs_including_palette_files_are_read_and_predicted(tmp_pat
     )
     assert probmaps.load(out / "rsna_boneage__1578.npz").shape == (29, 2080, 1600)
     assert probmaps.load(out / "bone_age_examples__0.npz").shape == (29, 910, 592)
+
+
+TINY_UNET = {
+    "arch": "Unet",
+    "encoder": "tu-mobilenetv3_small_050",
+    "encoder_weights": None,
+    "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
+}
+
+
+def test_the_autocast_precision_is_float16_on_cuda_and_none_on_the_cpu_by_default():
+    from handbone.devices import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda")) is torch.float16  # a V100's half precision; no GPU needed to ask
+    assert autocast_dtype("cpu") is None and autocast_dtype(torch.device("cpu"), "auto") is None
+    assert autocast_dtype("cuda", "float32") is None
+    assert autocast_dtype("cpu", "bfloat16") is torch.bfloat16 and autocast_dtype("cuda", "bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        autocast_dtype("cpu", "half")
+
+
+@pytest.mark.parametrize(
+    "mode, options",
+    [("patch", {"hflip": True, "batch_size": 4}), ("resize", {"hflip": True, "scales": (0.75, 1.0)})],
+)
+def test_bfloat16_autocast_predicts_the_float32_maps_and_accumulates_in_float32(mode, options):
+    """The GPU's mixed-precision path (autocast around the forward passes,
+    float32 sums) run on the CPU in bfloat16 with a tiny real network.
+
+    Measured (this test's seed, image and options, on an AMD EPYC CPU): the
+    largest absolute difference of a probability is 0.0018 (patch) and
+    0.0011 (resize), the mean 2.7e-4 and 1.5e-4, for maps spread over about
+    0.25-0.74 (bfloat16 keeps 8 bits of mantissa, about 0.4 % of a logit).
+    The bounds, 0.01 and 1e-3, leave a margin of at least 5 and 3.7."""
+    from handbone.inference import device_probabilities
+    from handbone.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY_UNET).eval()
+    outputs = []
+    model.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+    image = _image(70, 90)
+    exact = predict_probabilities([model], image, 64, "cpu", mode=mode, **options)
+    assert set(outputs) == {torch.float32}
+    outputs.clear()
+    mixed = predict_probabilities([model], image, 64, "cpu", mode=mode, precision="bfloat16", **options)
+    assert set(outputs) == {torch.bfloat16}, "the network did not run under bfloat16 autocast"
+    assert exact.dtype == mixed.dtype == np.float32 and mixed.shape == (29, 70, 90)
+    assert exact.std() > 0.02  # the maps vary: the comparison is not of constants
+    difference = np.abs(exact - mixed)
+    assert 0 < difference.max() < 0.01 and difference.mean() < 1e-3
+    on_device = device_probabilities([model], image, 64, "cpu", mode=mode, precision="bfloat16", **options)
+    assert on_device.dtype == torch.float32 and np.array_equal(on_device.numpy(), mixed)
+    # The CPU's default (auto) is float32 with no autocast: the numbers of before.
+    assert np.array_equal(
+        predict_probabilities([model], image, 64, torch.device("cpu"), mode=mode, precision="float32", **options),
+        exact,
+    )
+
+
+def test_channels_last_only_for_batch_norm_conv_nets_and_it_predicts_the_same_maps():
+    from handbone.model import build_model, channels_last_suits, to_device
+
+    torch.manual_seed(0)
+    unet = build_model(TINY_UNET).eval()
+    assert channels_last_suits(unet)
+    assert channels_last_suits(build_model({"arch": "DeepLabV3Plus", "encoder": "resnet18"}))
+    # Instance norm (the nnU-Net-style DynUNet), layer norm (Swin, SegFormer): the default layout.
+    nnunet = {"arch": "nnUNet", "kwargs": {"base_features": 8, "max_features": 32}}
+    assert not channels_last_suits(build_model(nnunet, 64))
+    assert not channels_last_suits(build_model({"arch": "UPerNet", "encoder": "tu-swin_tiny_patch4_window7_224"}, 64))
+    assert not channels_last_suits(build_model({"arch": "Segformer", "encoder": "mit_b0"}))
+    # The CPU keeps the default layout; a channels-last network (as on CUDA) gives the same maps.
+    assert to_device(unet, "cpu").encoder.model.conv_stem.weight.is_contiguous()
+    image = _image(70, 90)
+    expected = predict_probabilities([unet], image, 64, "cpu", mode="patch", hflip=True)
+    unet = unet.to(memory_format=torch.channels_last)
+    assert unet.encoder.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    result = predict_probabilities([unet], image, 64, "cpu", mode="patch", hflip=True)
+    assert result.flags["C_CONTIGUOUS"] and np.abs(result - expected).max() < 1e-5

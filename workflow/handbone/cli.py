@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 from . import config
+from .devices import PRECISIONS
 from .errors import ConfigError, HandboneError
 
 log = logging.getLogger("handbone")
@@ -161,6 +162,7 @@ def cmd_predict(args) -> None:
         args.batch_size,
         description=f"predict {len(images)} images",
         frames_path=args.frames,
+        precision=args.precision,
     )
     log.info("probability maps of %d images written to %s", len(images), args.out_dir)
 
@@ -185,6 +187,7 @@ def cmd_pseudo_label(args) -> None:
         scales=args.scales,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        precision=args.precision,
     )
 
 
@@ -345,6 +348,13 @@ def predict_options(sub):
         type=int,
         default=config.default("predict.batch_size"),
         help="windows per forward pass (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=config.default("predict.precision"),
+        help="the networks' forward passes under torch.autocast in this precision; auto: float16 on CUDA, "
+        "float32 on the CPU; probabilities are summed in float32 either way (default: %(default)s)",
     )
 
 

@@ -8,6 +8,9 @@ until the process ends (the operating system releases it even on a crash).
 
 With no GPU the job runs on the CPU. When ``CUDA_VISIBLE_DEVICES`` is already
 set (by SLURM, or by hand), it is respected and no lock is taken.
+
+``autocast_dtype`` is the one definition of the precision the networks run
+in on a device (training, validation and prediction all ask it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import ConfigError
+
 _held_lock = None
+
+# The precisions of the networks' forward passes (``autocast_dtype``).
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 
 def count_gpus() -> int:
@@ -77,4 +85,29 @@ def torch_device(threads: int):
     import torch
 
     torch.set_num_threads(max(1, threads))
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        # Every job runs windows of one size (or a few, with TTA scales):
+        # cuDNN's search for the fastest convolution per shape pays off.
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device, precision: str = "auto"):
+    """The dtype ``torch.autocast`` runs the networks' forward passes in on
+    ``device`` (a torch.device or its name), or None: no autocast, float32.
+
+    ``auto``: float16 on CUDA (the half precision a V100's tensor cores
+    run; training pairs it with a GradScaler), float32 elsewhere, so the
+    CPU computes exactly what it always did. ``float32`` never autocasts;
+    ``float16`` and ``bfloat16`` autocast on any device (bfloat16 on the
+    CPU runs the GPU's mixed-precision code path where there is no GPU).
+    Only the forward passes change: probabilities are accumulated in float32.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "float16" if torch.device(device).type == "cuda" else "float32"
+    return None if precision == "float32" else getattr(torch, precision)

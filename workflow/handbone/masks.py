@@ -19,6 +19,19 @@ def unpack_mask(packed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(bits, -1, 0))
 
 
+def unpack_mask_tensor(packed):
+    """torch uint8 (H, W, bytes) bits -> bool (29, H, W), on the tensor's
+    device: ``unpack_mask`` there (bytes after the first 4, pseudo-labels'
+    ignore bits, are not read)."""
+    import torch
+
+    packed = packed.permute(2, 0, 1)[:4].contiguous()  # (4, H, W): byte-wise shifts run dense
+    bits = torch.empty((32, *packed.shape[1:]), dtype=torch.uint8, device=packed.device)
+    for bit in range(8):  # bit k of byte b is class 8b + k
+        torch.bitwise_and(packed >> bit, 1, out=bits[bit::8])
+    return bits[:NUM_CLASSES].view(torch.bool)
+
+
 # The training target of a pixel left out of the loss (segmentation-models-
 # pytorch's ignore_index), e.g. an uncertain pixel of a pseudo-label.
 IGNORE = -1

@@ -66,7 +66,8 @@ def load_model_groups(checkpoints: list[str | Path], device) -> list[tuple[list,
 def mean_probabilities(groups: list[tuple[list, int, str]], image: np.ndarray, device, **options) -> np.ndarray:
     """The mean over every model of ``groups`` (``load_model_groups``) of its
     probabilities on a preprocessed image; ``options`` go to
-    ``inference.predict_probabilities`` (hflip, scales, overlap, batch_size)."""
+    ``inference.predict_probabilities`` (hflip, scales, overlap, batch_size,
+    precision)."""
     if len(groups) == 1:
         models, input_size, mode = groups[0]
         return predict_probabilities(models, image, input_size, device, mode=mode, **options)
@@ -81,12 +82,12 @@ def mean_probabilities(groups: list[tuple[list, int, str]], image: np.ndarray, d
 
 def inference_options(preprocess_options: dict, **given) -> dict:
     """The options of ``inference.predict_probabilities`` (hflip, scales,
-    overlap, batch_size): those given, the rest config.yaml's predict
-    values, checked; hflip resolved under the (complete) preprocess section
-    (``config.tta_hflip``)."""
+    overlap, batch_size, precision): those given, the rest config.yaml's
+    predict values, checked; hflip resolved under the (complete) preprocess
+    section (``config.tta_hflip``)."""
     chosen = {key: (list(value) if key == "scales" else value) for key, value in given.items() if value is not None}
     predict_options = config.section("predict", chosen, "predict options")
-    options = {key: predict_options[key] for key in ("hflip", "scales", "overlap", "batch_size")}
+    options = {key: predict_options[key] for key in ("hflip", "scales", "overlap", "batch_size", "precision")}
     options["hflip"] = config.tta_hflip(options["hflip"], preprocess_options)
     return options
 
@@ -104,6 +105,7 @@ def predict_images(
     batch_size: int | None = None,
     description: str = "predict",
     frames_path=None,
+    precision: str | None = None,
 ) -> Path:
     """Write one map per image (``probmaps.map_filename``): the mean of the
     checkpoints' probabilities, with horizontal-flip TTA when ``hflip`` and
@@ -114,8 +116,9 @@ def predict_images(
     (``frames.side_is_unsure``) is predicted in both orientations and the
     one the models are surer of is kept (``metrics.orientation_confidence``);
     ``side_checks.csv`` beside the maps records each such image. Options
-    left out take config.yaml's predict values. The folder appears only
-    when every map is written."""
+    left out (``precision``: the forward passes' autocast precision, see
+    ``devices.autocast_dtype``) take config.yaml's predict values. The
+    folder appears only when every map is written."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     known = read_frames(frames_path) if frames_path else None
     unsure = read_unsure_sides(frames_path) if frames_path else set()
@@ -127,7 +130,9 @@ def predict_images(
     if shared:
         names = [name for (name, _), filename in zip(images, filenames) if filename in shared]
         raise DataError(f"images {names[:6]} would share map file names {shared[:3]} in {out_dir}")
-    options = inference_options(preprocess_options, hflip=hflip, scales=scales, overlap=overlap, batch_size=batch_size)
+    options = inference_options(
+        preprocess_options, hflip=hflip, scales=scales, overlap=overlap, batch_size=batch_size, precision=precision
+    )
     with atomic_path(out_dir) as staging:
         staging.mkdir(parents=True)
         for (name, path), filename in tqdm(

@@ -150,6 +150,9 @@ def predict_options():
             "--scales " + " ".join(str(float(scale)) for scale in options["scales"]),
             f"--overlap {float(options['overlap'])} --batch-size {int(options['batch_size'])}",
         ]
+        # Only a precision other than auto is named, so the command (a
+        # params value) of a run that keeps the default does not change.
+        + ([f"--precision {options['precision']}"] if options["precision"] != "auto" else [])
     )
 
 
