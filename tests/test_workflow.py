@@ -203,13 +203,14 @@ def test_fitting_rules_never_read_a_test_set_file(tmp_path):
         test_files = [name for name in inputs[rule] if "test" in Path(name).parts or "index" in Path(name).parts]
         assert not test_files, f"{rule} reads test-set files {test_files}"
         assert any("/oof/" in name for name in inputs[rule])
-    # The test maps reach only the rules after the fit.
+    # The test maps reach only the rules after the fit: the ensemble, and the
+    # run's summary, which reads their side_checks.csv (sides the models decided).
     readers = {
         rule
         for rule, files in inputs.items()
         if any(name.startswith("results/predictions/tiny/test") for name in files)
     }
-    assert readers == {"ensemble"}
+    assert readers == {"ensemble", "run_summary"}
 
 
 def test_pseudo_label_round_runs_on_top_of_round_one_and_keeps_folds_apart(finished_run, tmp_path):
