@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import config
 from .devices import autocast_dtype
 from .errors import ConfigError
-from .model import to_network_input
+from .model import scaled_size, to_network_input
 
 log = logging.getLogger("handbone")
 
@@ -58,10 +58,6 @@ def _forward(models, batch: torch.Tensor, hflip: bool, dtype: torch.dtype | None
                 probabilities = probabilities.flip(-1)
             total = probabilities if total is None else total.add_(probabilities)
     return total.div_(len(models) * len(views))
-
-
-def scaled_size(length: int, scale: float) -> int:
-    return max(32, int(round(length * scale / 32)) * 32)
 
 
 def _sliding_window(

@@ -293,6 +293,14 @@ def check_model(spec: dict, input_size: int, sizes, batch_size: int = 1) -> int:
     return parameters
 
 
+def scaled_size(length: int, scale: float) -> int:
+    """The input side of a resize-mode network at a test-time scale of its
+    input size: a multiple of 32 (at least 32), as the encoders halve the
+    map five times. It lives with the models, not in inference.py (which
+    imports this module), because the model check needs it too."""
+    return max(32, int(round(length * scale / 32)) * 32)
+
+
 def to_network_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 1, H, W) grayscale -> float32 (B, 3, H, W), ImageNet-normalised.
 
@@ -361,8 +369,6 @@ FETCH_COMMAND = "handbone fetch-weights --configfile config.yaml [--configfile <
 def _model_sizes(options: dict, scales) -> tuple[int, list[int], int]:
     """A model's input size, every side its network sees (the input size,
     and in resize mode each test-time scale of it) and its batch size."""
-    from .inference import scaled_size
-
     size = int(options["input_size"])
     sides = [size] + ([scaled_size(size, scale) for scale in scales] if options["input_mode"] == "resize" else [])
     return size, sides, int(options["batch_size"])
