@@ -25,9 +25,7 @@ def import_graph(folder: Path, package: str = "handbone") -> dict[str, set[str]]
                     inner = (inner or "").lstrip(".")
                     imported |= {inner.split(".")[0]} if inner else {alias.name for alias in node.names}
             elif isinstance(node, ast.Import):
-                imported |= {
-                    alias.name.split(".")[1] for alias in node.names if alias.name.startswith(package + ".")
-                }
+                imported |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith(package + ".")}
         graph[path.stem] = (imported & modules) - {path.stem}
     return graph
 

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from conftest import TIMM_ENCODER, TIMM_REPO, fill_hub_cache, recognisable_weights
-from handbone.model import build_model, build_nnunet, check_model, load_checkpoint, save_checkpoint
+from handbone.model import (
+    Architecture,
+    architectures,
+    build_model,
+    build_nnunet,
+    check_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from handbone.train import deep_supervision_loss, make_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +170,41 @@ def test_nnunet_is_planned_from_the_input_size_like_nnunet():
         build_model({"arch": "nnUNet", "kwargs": {"depth": 5}}, 64)
     with pytest.raises(ValueError, match="no pretrained encoder"):
         build_model({"arch": "nnUNet", "encoder_weights": "imagenet"}, 64)
+
+
+def test_an_unknown_architecture_is_refused_with_every_choice():
+    import segmentation_models_pytorch as smp
+
+    with pytest.raises(ValueError) as refused:
+        build_model({"arch": "Unet3Plus", "encoder": "resnet18"}, 64)
+    message = str(refused.value)
+    assert message.startswith("unknown architecture 'Unet3Plus'; choices: ")
+    # The choices are segmentation-models-pytorch's own architectures and nnUNet.
+    smp_names = [model_class.__name__ for model_class in smp.MODEL_ARCHITECTURES_MAPPING.values()]
+    assert set(message.split("choices: ")[1].split(", ")) == {*smp_names, "nnUNet"}
+    assert {"Unet", "UnetPlusPlus", "DeepLabV3Plus", "UPerNet", "Segformer"} <= set(smp_names)
+    # Names are taken in any case, as smp's create_model takes them.
+    assert type(build_model({"arch": "unetplusplus", "encoder": "resnet18"})).__name__ == "UnetPlusPlus"
+    # The model check names it too (before any weights are looked up).
+    with pytest.raises(ValueError, match="unknown architecture 'Unet3Plus'; choices: .*nnUNet"):
+        check_model({"arch": "Unet3Plus", "encoder": "resnet18", "encoder_weights": "imagenet"}, 64, [64])
+
+
+def test_a_new_architecture_is_one_entry_of_the_table(monkeypatch):
+    built = []
+
+    def tiny(spec, input_size):
+        built.append((spec["kwargs"], input_size))
+        return torch.nn.Conv2d(3, 29, 1)
+
+    monkeypatch.setitem(architectures(), "Tiny", Architecture(tiny, pretrained_encoder=False))
+    assert isinstance(build_model({"arch": "Tiny", "kwargs": {"width": 4}}, 64), torch.nn.Conv2d)
+    assert built == [({"width": 4}, 64)]
+    assert check_model({"arch": "Tiny", "kwargs": {}}, 64, [64, 96]) == 3 * 29 + 29
+    with pytest.raises(ValueError, match="Tiny has no pretrained encoder"):
+        build_model({"arch": "Tiny", "encoder_weights": "imagenet"}, 64)
+    with pytest.raises(ValueError, match="choices: .*Tiny"):
+        build_model({"arch": "Huge"}, 64)
 
 
 def test_deep_supervision_heads_are_added_with_halving_weights():

@@ -4,8 +4,10 @@ from a Hugging Face Hub cache that ``handbone fetch-weights`` fills."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ log = logging.getLogger("handbone")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
-# The arch name of the nnU-Net-style member (not a segmentation-models-pytorch architecture).
+# The arch name of the nnU-Net-style member (not a segmentation-models-pytorch architecture; see architectures()).
 NNUNET = "nnUNet"
 # Its options (models.<name>.kwargs) and their defaults, nnU-Net's 2D plan:
 # features double from 32 up to 512, halving the map until it is 4 pixels.
@@ -76,8 +78,8 @@ def library_weights(spec: dict):
     weights, encoder = spec.get("encoder_weights"), str(spec.get("encoder"))
     if weights in (None, False) or is_local_file(weights):
         return None
-    if spec.get("arch") == NNUNET:
-        raise ConfigError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
+    if not architecture(spec.get("arch")).pretrained_encoder:
+        raise ConfigError(f"{spec['arch']} has no pretrained encoder: set encoder_weights to null")
     if encoder.startswith("tu-"):
         if weights is True or weights == "imagenet":
             return True
@@ -191,7 +193,8 @@ def build_nnunet(input_size: int, **options):
 
 
 def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
-    """A model from a config entry: {arch, encoder, encoder_weights, kwargs}.
+    """A model from a config entry: {arch, encoder, encoder_weights, kwargs},
+    built by its architecture's entry in ``architectures()``.
 
     ``encoder_weights``: null (random initialisation), a local state-dict
     file of the encoder, or pretrained weights as segmentation-models-pytorch
@@ -204,17 +207,20 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
     fixed-size timm encoders (Swin, ViT) are built for it; other models
     accept any multiple of 32.
     """
-    arch, encoder = spec.get("arch"), spec.get("encoder")
-    kwargs = dict(spec.get("kwargs") or {})
-    weights = spec.get("encoder_weights")
-    if arch == NNUNET:
-        if weights not in (None, False):
-            raise ConfigError(f"{NNUNET} has no pretrained encoder: set encoder_weights to null")
-        return build_nnunet(input_size, **kwargs)
+    member = architecture(spec.get("arch"))
+    if not member.pretrained_encoder and spec.get("encoder_weights") not in (None, False):
+        raise ConfigError(f"{spec['arch']} has no pretrained encoder: set encoder_weights to null")
+    return member.build(spec, input_size)
 
-    import segmentation_models_pytorch as smp
+
+def build_smp(model_class, spec: dict, input_size: int | None) -> torch.nn.Module:
+    """A segmentation-models-pytorch architecture (``model_class``) around
+    the spec's encoder, with its pretrained weights from the hub cache or a
+    local file (``build_model``)."""
     from huggingface_hub import constants
 
+    arch, encoder = spec.get("arch"), spec.get("encoder")
+    kwargs = dict(spec.get("kwargs") or {})
     pretrained = library_weights(spec)
     if pretrained is not None and constants.HF_HUB_OFFLINE:
         absent = missing_weights(spec)
@@ -227,17 +233,60 @@ def build_model(spec: dict, input_size: int | None = None) -> torch.nn.Module:
             raise ConfigError(f"encoder {encoder} is built for one input size: build it with input_size")
         kwargs["img_size"] = input_size
     try:
-        model = smp.create_model(
-            arch=arch, encoder_name=encoder, encoder_weights=pretrained, in_channels=3, classes=NUM_CLASSES, **kwargs
+        model = model_class(
+            encoder_name=encoder, encoder_weights=pretrained, in_channels=3, classes=NUM_CLASSES, **kwargs
         )
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
         reason = str(error)
         if "output_stride" in reason:
             reason = f"{arch} needs an encoder with dilated convolutions (output_stride 8 or 16), which {encoder} lacks ({error})"
         raise ConfigError(f"cannot build model {arch!r} with encoder {encoder!r}: {reason}") from None
-    if is_local_file(weights):
-        load_encoder_file(model, Path(weights))
+    if is_local_file(spec.get("encoder_weights")):
+        load_encoder_file(model, Path(spec["encoder_weights"]))
     return model
+
+
+def _build_nnunet_member(spec: dict, input_size: int | None) -> torch.nn.Module:
+    return build_nnunet(input_size, **(spec.get("kwargs") or {}))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An entry of ``architectures()``: ``build(spec, input_size)`` makes the
+    network; ``pretrained_encoder`` says whether ``encoder_weights`` may
+    name weights for it (otherwise it must be null)."""
+
+    build: Callable[[dict, int | None], torch.nn.Module]
+    pretrained_encoder: bool = True
+
+
+@functools.cache
+def architectures() -> dict[str, Architecture]:
+    """The architectures ``models.<name>.arch`` may name, by name: every one
+    segmentation-models-pytorch's ``create_model`` knows (taken from its own
+    table, so a new release's architectures come with it), and nnUNet. A
+    new member is one entry here; its builder may wrap ``build_smp``, e.g.
+    an smp Unet whose encoder it then freezes. Built on first use, as
+    importing segmentation-models-pytorch takes seconds."""
+    import segmentation_models_pytorch as smp
+
+    members = {
+        model_class.__name__: Architecture(functools.partial(build_smp, model_class))
+        for model_class in smp.MODEL_ARCHITECTURES_MAPPING.values()
+    }
+    members[NNUNET] = Architecture(_build_nnunet_member, pretrained_encoder=False)
+    return members
+
+
+def architecture(name) -> Architecture:
+    """The entry of ``architectures()`` called ``name``, in any case (as
+    segmentation-models-pytorch's create_model takes it); an unknown name
+    is a ConfigError listing the choices."""
+    members = architectures()
+    by_lower_case = {known.lower(): member for known, member in members.items()}
+    if not isinstance(name, str) or name.lower() not in by_lower_case:
+        raise ConfigError(f"unknown architecture {name!r}; choices: {', '.join(sorted(members, key=str.lower))}")
+    return by_lower_case[name.lower()]
 
 
 def load_encoder_file(model: torch.nn.Module, path: Path) -> None:
