@@ -183,6 +183,62 @@ def test_load_config_refuses_a_contradictory_file_and_check_config_says_why(tmp_
     assert main(["check-config", "--configfile", str(REPO / "config.yaml")]) == 0
 
 
+def _run_prediction(monkeypatch, command, *arguments):
+    """``handbone COMMAND`` (predict or pseudo-label) with ``arguments``, its
+    work recorded instead of done: (exit code, the options it received)."""
+    from handbone import devices, predict, pseudo
+    from handbone.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets it; restored afterwards
+    received = {}
+
+    def predict_images(images, checkpoints, out_dir, preprocess, device, hflip, progress, *sizes, **named):
+        scales, overlap, batch_size = sizes
+        received.update(preprocess=preprocess, hflip=hflip, scales=scales, overlap=overlap, batch_size=batch_size)
+        received["precision"] = named["precision"]
+
+    def write_pseudo_labels(*positional, frames_path, **options):
+        received.update(preprocess=positional[3], **options)
+
+    monkeypatch.setattr(devices, "torch_device", lambda threads: "cpu")
+    monkeypatch.setattr(predict, "predict_images", predict_images)
+    monkeypatch.setattr(predict, "folder_images", lambda folder: [("a.png", Path(folder) / "a.png")])
+    monkeypatch.setattr(pseudo, "write_pseudo_labels", write_pseudo_labels)
+    if command == "predict":
+        arguments = ("--images-dir", "pngs", *arguments)
+    else:
+        arguments = ("--index", "index.csv", *arguments)
+    code = main([command, *arguments, "--checkpoints", "model.pt", "--out-dir", "maps"])
+    return code, received
+
+
+@pytest.mark.parametrize("command", ["predict", "pseudo-label"])
+def test_prediction_commands_take_the_predict_section_as_json_resolved_as_the_workflow_does(
+    command, monkeypatch, caplog
+):
+    caplog.set_level("INFO", logger="handbone")
+    code, received = _run_prediction(monkeypatch, command, "--options", '{"scales": [0.8, 1.0]}')
+    # What --options leaves out is config.yaml's; hflip auto is off with config.yaml's one-hand frames.
+    assert code == 0 and received["scales"] == [0.8, 1.0] and received["hflip"] is False
+    assert received["overlap"] == DEFAULTS["predict"]["overlap"] and received["precision"] == "auto"
+    assert received["preprocess"] == DEFAULTS["preprocess"]
+    assert "horizontal-flip TTA off: predict.hflip auto with preprocess.unify_side right" in caplog.text
+    # The one resolution: the workflow's --options (common.smk) reach the command unchanged.
+    workflow_options = config.predict_options(DEFAULTS["predict"], DEFAULTS["preprocess"])
+    assert config.predict_options(config.section("predict", workflow_options, "--options"), DEFAULTS["preprocess"]) == (
+        workflow_options
+    )
+    code, received = _run_prediction(monkeypatch, command, "--preprocess", '{"unify_side": "none"}')
+    assert code == 0 and received["hflip"] is True and received["preprocess"]["unify_side"] == "none"
+    # A forced flip with one-hand frames runs by hand, with a warning.
+    code, received = _run_prediction(monkeypatch, command, "--options", '{"hflip": true}')
+    assert code == 0 and received["hflip"] is True and config.HFLIP_TTA in caplog.text
+    # A wrong key or value is refused with its source and name, before any work.
+    caplog.clear()
+    code, received = _run_prediction(monkeypatch, command, "--options", '{"scale": [1.0]}')
+    assert code == 1 and received == {} and "--options (predict options)" in caplog.text and "scale" in caplog.text
+
+
 def _competition(tmp_path, **changes):
     """configs/competition.yaml on the built-in demo data (its data root is
     not on this machine), with ``changes`` merged over it."""
@@ -197,7 +253,8 @@ def test_snakemake_dry_run_of_the_competition_config_plans_no_flip_and_refuses_a
     # Merged over config.yaml, as a user runs it: plans the predictions without flip TTA.
     _competition(tmp_path)
     dry_run = snakemake(tmp_path, "-n", "--cores", "2", configfile="competition.yaml", replace=False).stdout
-    assert " --no-hflip " in dry_run and " --hflip " not in dry_run
+    # The predict rules' JSON --options carry the resolved flip (auto: off with one-hand frames).
+    assert '"hflip": false' in dry_run and '"hflip": true' not in dry_run and '"hflip": "auto"' not in dry_run
     assert re.search(r"^predict_test\s+4$", dry_run, re.MULTILINE)
     # Flip TTA forced on: stopped while the workflow is read, before any job.
     _competition(tmp_path, predict={"hflip": True})
@@ -208,5 +265,5 @@ def test_snakemake_dry_run_of_the_competition_config_plans_no_flip_and_refuses_a
     # The override, here given with --config, lets it plan the flip.
     override = ["--config", "checks={allow: [hflip_tta_with_unified_side]}"]
     dry_run = snakemake(tmp_path, "-n", "--cores", "2", *override, configfile="competition.yaml", replace=False).stdout
-    assert " --hflip " in dry_run and " --no-hflip " not in dry_run
+    assert '"hflip": true' in dry_run and '"hflip": false' not in dry_run
     assert not (tmp_path / "results").exists()

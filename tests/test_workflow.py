@@ -301,7 +301,7 @@ def test_frames_are_on_by_default_and_switching_them_off_retrains_on_whole_image
     assert plan["frames"] == plan["preprocess"] == "1" and plan["train"] == "2" and plan["predict_oof"] == "2"
     assert "demo_data" not in plan and "eda" not in plan  # the data and its EDA stay
     # With one-hand frames training ran without the flip augmentation and TTA; without them both are back.
-    assert '"hflip": 0.5' in dry_run and " --hflip " in dry_run
+    assert '"hflip": 0.5' in dry_run and '"hflip": true' in dry_run
     snakemake(workdir, "--cores", "2", configfile="whole.yaml")
     frames = pd.read_csv(workdir / "results" / "frames" / "frames.csv")
     assert not frames["flip"].any() and (frames["bottom"] - frames["top"] == frames["height"]).all()

@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 
 from . import config
-from .devices import PRECISIONS
 from .errors import ConfigError, HandboneError
 
 log = logging.getLogger("handbone")
@@ -143,26 +142,53 @@ def _images(args):
     return split_images(args.index, args.split)
 
 
+def _prediction_options(args) -> tuple[dict, dict]:
+    """The preprocess section of --preprocess and the prediction options
+    of --options (the predict section), each completed with config.yaml's
+    values and checked, the options' auto values resolved as the workflow
+    resolves them (``config.predict_options``). What the flip TTA does, and
+    why, is logged."""
+    preprocess = config.section("preprocess", args.preprocess, "--preprocess")
+    given = config.section("predict", args.options, "--options")
+    options = config.predict_options(given, preprocess)
+    flip = "on" if options["hflip"] else "off"
+    if given["hflip"] == "auto":
+        log.info(
+            "horizontal-flip TTA %s: predict.hflip auto with preprocess.unify_side %s", flip, preprocess["unify_side"]
+        )
+    else:
+        log.info("horizontal-flip TTA %s: predict.hflip %s", flip, json.dumps(given["hflip"]))
+    if options["hflip"] and preprocess["unify_side"] == "right":
+        log.warning(
+            "flip TTA with one-hand frames (preprocess.unify_side right) shows networks that learnt right hands "
+            "left ones; the workflow refuses it unless checks.allow names %s (docs/training.md)",
+            config.HFLIP_TTA,
+        )
+    log.info("prediction options: %s", json.dumps(options, sort_keys=True))
+    return preprocess, options
+
+
 def cmd_predict(args) -> None:
     from .devices import torch_device
     from .predict import predict_images
 
+    preprocess, options = _prediction_options(args)
     device = torch_device(args.threads)
     images = _images(args)
     predict_images(
         images,
         args.checkpoints,
         args.out_dir,
-        args.preprocess,
+        preprocess,
         device,
-        args.hflip,
+        options["hflip"],
         _progress(args),
-        args.scales,
-        args.overlap,
-        args.batch_size,
+        options["scales"],
+        options["overlap"],
+        options["batch_size"],
         description=f"predict {len(images)} images",
         frames_path=args.frames,
-        precision=args.precision,
+        precision=options["precision"],
     )
     log.info("probability maps of %d images written to %s", len(images), args.out_dir)
 
@@ -171,23 +197,20 @@ def cmd_pseudo_label(args) -> None:
     from .devices import torch_device
     from .pseudo import write_pseudo_labels
 
+    preprocess, options = _prediction_options(args)
     device = torch_device(args.threads)
     write_pseudo_labels(
         args.index,
         args.checkpoints,
         args.out_dir,
-        args.preprocess,
+        preprocess,
         device,
         args.confidence,
         args.pixel_confidence,
         args.ignore_uncertain,
         _progress(args),
         frames_path=args.frames,
-        hflip=args.hflip,
-        scales=args.scales,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
+        **options,
     )
 
 
@@ -320,41 +343,39 @@ def image_source(sub):
 
 
 def predict_options(sub):
-    sub.add_argument("--preprocess", type=_json, default={}, help="preprocess section as JSON (as for training)")
+    """The options of a prediction command: two config sections as JSON,
+    as training takes its own."""
+    sub.add_argument(
+        "--preprocess",
+        type=_json,
+        default={},
+        metavar="JSON",
+        help="preprocess section as JSON, as for training (what it leaves out: config.yaml's)",
+    )
     sub.add_argument(
         "--frames", help="frames CSV (rule frames); an image it does not list gets its frame estimated from its pixels"
     )
     sub.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="horizontal-flip TTA (default: predict.hflip of config.yaml, auto: on unless --preprocess unifies sides)",
+        "--options",
+        type=_json,
+        default={},
+        metavar="JSON",
+        help="predict section as JSON (what it leaves out: config.yaml's): "
+        + ", ".join(config.PREDICT_COMMAND_OPTIONS)
+        + ', e.g. \'{"scales": [0.8, 1.0, 1.2], "precision": "float32"}\'. hflip (flip TTA) auto: on unless '
+        "--preprocess mirrors every hand into a right one; precision auto: float16 on CUDA, float32 on the CPU "
+        "(docs/prediction.md, 'Running it by hand')",
     )
+
+
+def postprocess_source(sub, params_help: str) -> None:
+    """The masks' post-processing: fitted params, else one threshold."""
+    sub.add_argument("--params", help=params_help)
     sub.add_argument(
-        "--scales",
+        "--threshold",
         type=float,
-        nargs="+",
-        default=config.default("predict.scales"),
-        help="multi-scale TTA, e.g. 0.8 1.0 1.5 (default: %(default)s)",
-    )
-    sub.add_argument(
-        "--overlap",
-        type=float,
-        default=config.default("predict.overlap"),
-        help="sliding-window overlap of patch-mode models (default: %(default)s)",
-    )
-    sub.add_argument(
-        "--batch-size",
-        type=int,
-        default=config.default("predict.batch_size"),
-        help="windows per forward pass (default: %(default)s)",
-    )
-    sub.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=config.default("predict.precision"),
-        help="the networks' forward passes under torch.autocast in this precision; auto: float16 on CUDA, "
-        "float32 on the CPU; probabilities are summed in float32 either way (default: %(default)s)",
+        default=config.default("postprocess.threshold"),
+        help="without --params: one threshold, nothing removed (default: %(default)s)",
     )
 
 
@@ -586,13 +607,7 @@ def _predict_commands(commands) -> None:
         "--maps", nargs="+", required=True, help="folders of .npz maps (one per model; their mean is drawn)"
     )
     sub.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
-    sub.add_argument("--params", help="params.json written by fit-postprocess (the submission's masks)")
-    sub.add_argument(
-        "--threshold",
-        type=float,
-        default=config.default("postprocess.threshold"),
-        help="without --params: one threshold, nothing removed (default: %(default)s)",
-    )
+    postprocess_source(sub, "params.json written by fit-postprocess (the submission's masks)")
     sub.add_argument("--max-side", type=int, default=1024, help="longest side of a picture in pixels")
     sub.add_argument("--out-dir", required=True)
 
@@ -643,13 +658,7 @@ def _ensemble_commands(commands) -> None:
     sub = _command(commands, "submit", cmd_submit, "post-process probability maps and write a validated submission CSV")
     sub.add_argument("--probabilities", required=True, help="folder of .npz maps")
     sub.add_argument("--index", required=True)
-    sub.add_argument("--params", help="params.json written by fit-postprocess")
-    sub.add_argument(
-        "--threshold",
-        type=float,
-        default=config.default("postprocess.threshold"),
-        help="without --params: one threshold, nothing removed (default: %(default)s)",
-    )
+    postprocess_source(sub, "params.json written by fit-postprocess")
     sub.add_argument("--out", required=True)
     sub.add_argument("--threads", type=int, default=1, help="images processed at once")
 

@@ -172,6 +172,24 @@ def tta_hflip(hflip, preprocess: dict) -> bool:
     return bool(hflip)
 
 
+# The predict options a prediction command (predict, pseudo-label) reads;
+# the section's others (overlay_test_images, extra_images) are the
+# workflow's, so changing them reruns no prediction.
+PREDICT_COMMAND_OPTIONS = ("hflip", "scales", "overlap", "batch_size", "precision")
+
+
+def predict_options(predict: dict, preprocess: dict) -> dict:
+    """The options of a prediction command, from the complete predict and
+    preprocess sections: the one place their ``auto`` values are resolved
+    for the workflow (common.smk hands the result to the command as its
+    JSON ``--options``) and for a command run by hand (cli.py). hflip
+    becomes true or false (``tta_hflip``); precision auto stays auto, as
+    only the device decides it (``devices.autocast_dtype``)."""
+    options = {key: copy.deepcopy(predict[key]) for key in PREDICT_COMMAND_OPTIONS}
+    options["hflip"] = tta_hflip(options["hflip"], preprocess)
+    return options
+
+
 # Combinations of options known to hurt, by the stable name that
 # checks.allow lists to run one anyway (the schema's enum of checks.allow).
 HFLIP_TTA = "hflip_tta_with_unified_side"

@@ -141,19 +141,12 @@ def models_of_jobs(jobs):
 
 
 def predict_options():
-    """The prediction options shared by every predict rule, as CLI flags."""
-    options = config["predict"]
-    return " ".join(
-        [
-            f"--preprocess {shlex.quote(as_json(config['preprocess']))}",
-            "--hflip" if handbone_config.tta_hflip(options["hflip"], config["preprocess"]) else "--no-hflip",
-            "--scales " + " ".join(str(float(scale)) for scale in options["scales"]),
-            f"--overlap {float(options['overlap'])} --batch-size {int(options['batch_size'])}",
-        ]
-        # Only a precision other than auto is named, so the command (a
-        # params value) of a run that keeps the default does not change.
-        + ([f"--precision {options['precision']}"] if options["precision"] != "auto" else [])
-    )
+    """The predict options of the prediction commands (predict,
+    pseudo-label) as their JSON --options, with auto values resolved
+    (handbone.config.predict_options: hflip true or false under the
+    preprocess section), so each command shows what it does; precision
+    auto is left to the device."""
+    return as_json(handbone_config.predict_options(config["predict"], config["preprocess"]))
 
 
 def data_root_input():

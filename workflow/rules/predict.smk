@@ -20,11 +20,13 @@ rule predict_oof:
     resources:
         gpu=1,
     params:
+        preprocess=as_json(config["preprocess"]),
         options=predict_options(),
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --folds {input.folds:q} --fold {wildcards.fold}"
-        " --frames {input.frames:q} --checkpoints {input.checkpoint:q} {params.options} --out-dir {output:q}"
-        " --threads {threads} 2> {log:q}"
+        " --frames {input.frames:q} --checkpoints {input.checkpoint:q}"
+        " --preprocess {params.preprocess:q} --options {params.options:q}"
+        " --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule predict_test:
@@ -44,10 +46,13 @@ rule predict_test:
     resources:
         gpu=1,
     params:
+        preprocess=as_json(config["preprocess"]),
         options=predict_options(),
     shell:
         "python -m handbone --quiet predict --index {input.index:q} --split test --frames {input.frames:q}"
-        " --checkpoints {input.checkpoints:q} {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --checkpoints {input.checkpoints:q}"
+        " --preprocess {params.preprocess:q} --options {params.options:q}"
+        " --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule predict_extra:
@@ -66,10 +71,12 @@ rule predict_extra:
         gpu=1,
     params:
         folder=lambda wildcards: EXTRA_IMAGES[wildcards.images],
+        preprocess=as_json(config["preprocess"]),
         options=predict_options(),
     shell:
         "python -m handbone --quiet predict --images-dir {params.folder:q} --checkpoints {input.checkpoints:q}"
-        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --preprocess {params.preprocess:q} --options {params.options:q}"
+        " --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule overlays_test:

@@ -37,6 +37,7 @@ rule pseudo_label:
     resources:
         gpu=1,
     params:
+        preprocess=as_json(config["preprocess"]),
         options=predict_options(),
         confidence=PSEUDO["confidence"],
         pixel_confidence=PSEUDO["pixel_confidence"],
@@ -45,7 +46,8 @@ rule pseudo_label:
         "python -m handbone --quiet pseudo-label --index {input.index:q} --frames {input.frames:q}"
         " --checkpoints {input.checkpoints:q}"
         " --confidence {params.confidence} --pixel-confidence {params.pixel_confidence} {params.ignore}"
-        " {params.options} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --preprocess {params.preprocess:q} --options {params.options:q}"
+        " --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 use rule train as train_pseudo with:
