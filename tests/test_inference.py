@@ -115,7 +115,12 @@ def test_maps_are_resized_on_the_cpu_when_the_device_is_out_of_memory(monkeypatc
     assert np.abs(result - expected).max() < 1e-6
 
 
-def _tiny_checkpoint(path, input_mode="patch", input_size=64):
+def _tiny_checkpoint(path, input_mode="patch", input_size=64, **trained_on):
+    """A checkpoint as training writes it: trained on config.yaml's
+    preprocess options and classes.py's classes unless ``trained_on`` says
+    otherwise (a value of None leaves the field out, as older checkpoints)."""
+    from handbone import config
+    from handbone.classes import CLASSES
     from handbone.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
@@ -125,7 +130,10 @@ def _tiny_checkpoint(path, input_mode="patch", input_size=64):
         "encoder_weights": None,
         "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
     }
-    save_checkpoint(path, build_model(spec).eval(), {"model": spec, "input_size": input_size, "input_mode": input_mode})
+    meta = {"model": spec, "input_size": input_size, "input_mode": input_mode}
+    meta |= {"preprocess": config.default("preprocess"), "classes": list(CLASSES)}
+    meta = {key: value for key, value in {**meta, **trained_on}.items() if value is not None}
+    save_checkpoint(path, build_model(spec).eval(), meta)
     return path
 
 
@@ -193,6 +201,7 @@ def test_predicting_a_folder_of_odd_sizes_and_png_modes(tmp_path, input_mode):
 def test_checkpoints_trained_on_different_inputs_are_averaged_model_by_model(tmp_path):
     """The mean over models of different input sizes and modes (e.g. the
     models of a round labelling test images) weights every model equally."""
+    from handbone import config
     from handbone.inference import predict_probabilities
     from handbone.model import load_checkpoint
     from handbone.predict import load_model_groups, mean_probabilities
@@ -202,7 +211,7 @@ def test_checkpoints_trained_on_different_inputs_are_averaged_model_by_model(tmp
         _tiny_checkpoint(tmp_path / "b.pt", "resize", 96),
         _tiny_checkpoint(tmp_path / "c.pt", "patch", 64),
     ]
-    groups = load_model_groups(paths, torch.device("cpu"))
+    groups = load_model_groups(paths, torch.device("cpu"), config.default("preprocess"))
     assert sorted((len(models), size, mode) for models, size, mode in groups) == [(1, 96, "resize"), (2, 64, "patch")]
     image = _image(70, 90)
     each = []
@@ -215,6 +224,49 @@ def test_checkpoints_trained_on_different_inputs_are_averaged_model_by_model(tmp
         )
     result = mean_probabilities(groups, image, torch.device("cpu"), hflip=False)
     assert np.abs(result - np.mean(each, axis=0)).max() < 1e-5
+
+
+def test_a_checkpoint_trained_on_other_inputs_is_refused_naming_both_values(tmp_path):
+    from handbone import config
+    from handbone.classes import CLASSES
+    from handbone.predict import folder_images, predict_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _write_png_modes(folder)
+    trained = config.default("preprocess")
+    assert trained["crop"] == "hand" and trained["clahe"]["clip_limit"] == 2.0
+    checkpoint = _tiny_checkpoint(tmp_path / "model.pt")
+    given = {"crop": "none", "clahe": {"clip_limit": 3.0}}
+    with pytest.raises(ValueError) as refused:
+        predict_images(folder_images(folder), [checkpoint], tmp_path / "maps", given, "cpu", progress=False)
+    message = str(refused.value)
+    assert message.startswith(f"{checkpoint} was trained on other inputs than this prediction gives: ")
+    assert "preprocess.clahe.clip_limit: checkpoint 2.0, this prediction 3.0" in message
+    assert "preprocess.crop: checkpoint 'hand', this prediction 'none'" in message
+    assert "unify_side" not in message and "enabled" not in message  # only what differs
+    assert not (tmp_path / "maps").exists()
+
+    swapped = [*CLASSES[:19], CLASSES[20], CLASSES[19], *CLASSES[21:]]
+    other_classes = _tiny_checkpoint(tmp_path / "classes.pt", classes=swapped)
+    with pytest.raises(ValueError) as refused:
+        predict_images(folder_images(folder), [checkpoint, other_classes], tmp_path / "maps", {}, "cpu", progress=False)
+    message = str(refused.value)
+    assert message.startswith(f"{other_classes} was trained on other inputs")
+    assert "class of channel 19: checkpoint 'Trapezoid', this code (classes.py) 'Trapezium'" in message
+    assert "class of channel 20: checkpoint 'Trapezium', this code (classes.py) 'Trapezoid'" in message
+    assert "preprocess." not in message
+
+
+def test_a_checkpoint_from_before_the_record_is_used_with_a_warning(tmp_path, caplog):
+    from handbone import config
+    from handbone.predict import load_model_groups
+
+    old = _tiny_checkpoint(tmp_path / "old.pt", preprocess=None, classes=None)
+    with caplog.at_level("WARNING", logger="handbone"):
+        groups = load_model_groups([old], torch.device("cpu"), config.default("preprocess"))
+    assert [(len(models), size, mode) for models, size, mode in groups] == [(1, 64, "patch")]
+    assert f"{old} records no preprocess and no classes" in caplog.text and "retrain it" in caplog.text
 
 
 def test_out_of_fold_images_are_the_folds_validation_images(tmp_path):

@@ -136,7 +136,7 @@ def test_images(tmp_path):
 
 def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_images, monkeypatch):
     folder, maps = test_images
-    monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
+    monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device, preprocess_options: [])
     # Also the orientation check of unsure sides (these test images show no hand).
     for module in (pseudo, predict):
         monkeypatch.setattr(
@@ -185,7 +185,7 @@ def test_only_confident_test_images_are_written_with_their_unsure_pixels(test_im
 
 def test_a_fold_without_a_confident_test_image_says_so(test_images, monkeypatch, caplog):
     folder, maps = test_images
-    monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device: [])
+    monkeypatch.setattr(pseudo, "load_model_groups", lambda checkpoints, device, preprocess_options: [])
     # Also the orientation check of unsure sides (these test images show no hand).
     for module in (pseudo, predict):
         monkeypatch.setattr(module, "mean_probabilities", lambda groups, image, device, **options: maps[40])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,11 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
+from handbone import config
 from handbone.cache import build_cache
+from handbone.classes import CLASSES
 from handbone.data import index_data_root
 from handbone.model import build_model
 from handbone.splits import make_folds
 from handbone.synthetic import SyntheticConfig, generate
+from handbone.train import load_fold_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,6 +159,20 @@ def test_training_logs_every_epoch_in_dvclive_layout(tiny_cache):
     assert summary["best"] == {"val_dice": metrics["val_dice"], "epoch": metrics["best_epoch"]}
     # No dvc.yaml of its own and no experiment: DVC's files stay the repository's.
     assert not list(out.rglob("dvc.yaml"))
+    # The checkpoint records what prediction must match: the cache's preprocess options and the classes.
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["preprocess"] == json.loads((tiny_cache / "cache" / "options.json").read_text())
+    assert checkpoint["classes"] == CLASSES
+    assert (checkpoint["input_size"], checkpoint["input_mode"]) == (64, "patch")
+
+
+def test_training_records_the_preprocess_options_the_cache_was_built_with(tiny_cache, tmp_path):
+    cache = shutil.copytree(tiny_cache / "cache", tmp_path / "cache")
+    (cache / "options.json").write_text(json.dumps({"crop": "none", "clahe": {"clip_limit": 3.0}}))
+    data = load_fold_data(cache, tiny_cache / "folds.csv", 0, tmp_path / "out")
+    expected = config.default("preprocess")
+    expected["crop"], expected["clahe"]["clip_limit"] = "none", 3.0
+    assert data.preprocess == expected  # completed with config.yaml's values like every preprocess section
 
 
 def test_restarted_training_log_drops_an_epoch_that_last_pt_missed(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .classes import NUM_CLASSES
+from .classes import CLASSES, NUM_CLASSES
 from .errors import ConfigError, DataError, MissingInput, MissingWeights
 
 log = logging.getLogger("handbone")
@@ -394,6 +394,10 @@ def to_device(model: torch.nn.Module, device) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> None:
+    """``model``'s weights with ``meta``: what rebuilds the network (model,
+    input_size, input_mode) and, from training, what it was trained on
+    (preprocess, classes: ``check_checkpoint``) and how well (fold, epoch,
+    val_dice)."""
     with atomic_path(path) as temporary:
         torch.save({"state_dict": model.state_dict(), **meta}, temporary)
 
@@ -409,6 +413,68 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as error:
         raise DataError(f"{path}: checkpoint does not fit model {checkpoint['model']}: {error}") from None
     return to_device(model, device).eval(), checkpoint
+
+
+def check_checkpoint(path: str | Path, checkpoint: dict, preprocess: dict) -> None:
+    """Refuse a checkpoint trained on other inputs or for other classes than
+    a prediction would give it: its recorded preprocess section against
+    ``preprocess`` (the prediction's complete section) and its class list
+    against classes.CLASSES. As nnU-Net keeps its plans beside the model,
+    the checkpoint records what training used, so a config changed since
+    (or another run's) cannot silently feed it other images. The
+    ConfigError names the file, each differing option and both values.
+
+    A checkpoint from before checkpoints recorded these is accepted with a
+    warning (docs/formats.md says why)."""
+    unrecorded = [field for field in ("preprocess", "classes") if field not in checkpoint]
+    if unrecorded:
+        log.warning(
+            "%s records no %s (written before checkpoints recorded them): it is used unchecked; "
+            "retrain it to have its options checked",
+            path,
+            " and no ".join(unrecorded),
+        )
+    differences = []
+    if "preprocess" in checkpoint:
+        differences += [
+            f"preprocess.{option}: checkpoint {trained}, this prediction {given}"
+            for option, trained, given in _differing_options(checkpoint["preprocess"], preprocess)
+        ]
+    if "classes" in checkpoint:
+        differences += _differing_classes(list(checkpoint["classes"]))
+    if differences:
+        raise ConfigError(
+            f"{path} was trained on other inputs than this prediction gives: {'; '.join(differences)}. "
+            "Predict with the options it was trained with, or retrain it with these"
+        )
+
+
+def _differing_options(trained: dict, given: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted option, trained value, given value) of every option whose
+    values differ, nested sections option by option; an option only one
+    side has reads "(none)" on the other."""
+    found = []
+    for option in sorted(set(trained) | set(given)):
+        left, right = trained.get(option), given.get(option)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found += _differing_options(left, right, f"{prefix}{option}.")
+        elif option not in trained or option not in given or left != right:
+            shown = [repr(value) if option in side else "(none)" for value, side in ((left, trained), (right, given))]
+            found.append((prefix + option, *shown))
+    return found
+
+
+def _differing_classes(trained: list) -> list[str]:
+    """The channels whose class the checkpoint names otherwise than classes.py."""
+    if trained == CLASSES:
+        return []
+    if len(trained) != len(CLASSES):
+        return [f"classes: checkpoint {len(trained)} {trained}, this code (classes.py) {len(CLASSES)} {CLASSES}"]
+    return [
+        f"class of channel {channel}: checkpoint {old!r}, this code (classes.py) {new!r}"
+        for channel, (old, new) in enumerate(zip(trained, CLASSES))
+        if old != new
+    ]
 
 
 # What a user runs to fill the weights cache, named in the error of a run that lacks weights.

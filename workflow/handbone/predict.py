@@ -19,7 +19,7 @@ from .errors import DataError
 from .frames import SIDE_CHECKS, frame_for, read_frames, read_unsure_sides, side_is_unsure, to_original
 from .inference import predict_probabilities
 from .metrics import orientation_confidence
-from .model import load_checkpoint
+from .model import check_checkpoint, load_checkpoint
 
 log = logging.getLogger("handbone")
 
@@ -52,13 +52,17 @@ def folder_images(folder: str | Path) -> list[tuple[str, Path]]:
     return [(path.relative_to(folder).as_posix(), path) for path in paths]
 
 
-def load_model_groups(checkpoints: list[str | Path], device) -> list[tuple[list, int, str]]:
+def load_model_groups(checkpoints: list[str | Path], device, preprocess_options: dict) -> list[tuple[list, int, str]]:
     """The checkpoints' models, grouped by the input they were trained on:
     [(models, input_size, input_mode)]. Models of one group share each
-    forward pass's input; groups are predicted one after the other."""
+    forward pass's input; groups are predicted one after the other. Each
+    checkpoint must have been trained on images preprocessed with
+    ``preprocess_options`` (the complete section), for the classes of
+    classes.py (``model.check_checkpoint``)."""
     groups: dict[tuple[int, str], list] = {}
     for path in checkpoints:
         model, checkpoint = load_checkpoint(path, device)
+        check_checkpoint(path, checkpoint, preprocess_options)
         groups.setdefault((checkpoint["input_size"], checkpoint.get("input_mode", "resize")), []).append(model)
     return [(models, input_size, mode) for (input_size, mode), models in groups.items()]
 
@@ -124,7 +128,7 @@ def predict_images(
     unsure = read_unsure_sides(frames_path) if frames_path else set()
     check_sides = preprocess_options["unify_side"] == "right"
     side_checks = []
-    groups = load_model_groups(checkpoints, device)
+    groups = load_model_groups(checkpoints, device, preprocess_options)
     filenames = [probmaps.map_filename(name) for name, _ in images]
     shared = sorted({filename for filename in filenames if filenames.count(filename) > 1})
     if shared:

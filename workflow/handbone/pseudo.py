@@ -93,7 +93,7 @@ def write_pseudo_labels(
     test = read_index(index_path, "test")
     if test.empty:
         raise DataError(f"{index_path} lists no test image to pseudo-label")
-    groups = load_model_groups(checkpoints, device)
+    groups = load_model_groups(checkpoints, device, preprocess_options)
     known = read_frames(frames_path) if frames_path else None
     unsure = read_unsure_sides(frames_path) if frames_path else set()
     check_sides = preprocess_options["unify_side"] == "right"

@@ -235,19 +235,25 @@ def fold_images(folds: pd.DataFrame, fold: int, pseudo: pd.DataFrame | None = No
 
 @dataclass
 class FoldData:
-    """A fold's images (stems) and where their verified cache entries are."""
+    """A fold's images (stems), where their verified cache entries are, and
+    the preprocess section the cache was built with."""
 
     train: list[str]
     val: list[str]
     pseudo: list[str]
     locations: dict[str, Path]
     pseudo_crcs: list[list[int | str]]
+    preprocess: dict
 
 
 def load_fold_data(cache_dir: Path, folds_path, fold: int, out_dir: Path, pseudo_dir=None) -> FoldData:
     """The images of ``fold`` (``fold_images``), every cache entry checked
     once; a damaged one is rebuilt into ``out_dir``, never trained on."""
     folds = read_folds(folds_path, fold)
+    # The options the cache was built with (completed with the defaults, as
+    # every preprocess section is; a cache without options.json: the defaults).
+    saved = Path(cache_dir) / "options.json"
+    preprocess = config.section("preprocess", json.loads(saved.read_text()) if saved.is_file() else {}, str(saved))
     pseudo = None
     if pseudo_dir is not None:
         pseudo = pd.read_csv(
@@ -264,7 +270,7 @@ def load_fold_data(cache_dir: Path, folds_path, fold: int, out_dir: Path, pseudo
         crcs = pseudo.set_index("stem").loc[pseudo_stems, ["image_crc", "mask_crc"]]
         pseudo_crcs = [[stem, int(image), int(mask)] for stem, (image, mask) in zip(pseudo_stems, crcs.to_numpy())]
         log.info("fold %d: %d real and %d pseudo-labelled training images", fold, len(train_stems), len(pseudo_stems))
-    return FoldData(train_stems, val_stems, pseudo_stems, locations, pseudo_crcs)
+    return FoldData(train_stems, val_stems, pseudo_stems, locations, pseudo_crcs, preprocess)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, generator: torch.Generator) -> DataLoader:
@@ -452,7 +458,9 @@ class Trainer:
         if dice > self.state["best"]:
             self.state.update(best=dice, best_epoch=epoch, since_best=0)
             self.state["best_per_class"] = [float(value) for value in per_image.mean(axis=0)]
+            # What prediction must match is recorded with the weights (model.check_checkpoint).
             meta = {"model": self.model_spec, "input_size": self.size, "input_mode": self.mode, "fold": self.fold}
+            meta |= {"preprocess": self.data.preprocess, "classes": list(CLASSES)}
             save_checkpoint(self.best_path, self.model, {**meta, "epoch": epoch, "val_dice": dice})
         else:
             self.state["since_best"] += 1
@@ -542,7 +550,8 @@ def train_fold(
     to the training part (``fold_images`` says which); validation stays on
     real labels. Their uncertain pixels, if marked, count in no loss.
 
-    Writes ``model.pt`` (best state dict + the spec that made it),
+    Writes ``model.pt`` (best state dict + the spec that made it, and the
+    cache's preprocess options and the classes it was trained on),
     ``history.csv`` (one row per epoch) and ``metrics.json`` into
     ``out_dir``; the checkpoint is written last, so its presence means done.
     After every epoch the whole training state goes to ``last.pt``: a killed
@@ -553,12 +562,10 @@ def train_fold(
     """
     options = config.section("train", options, "train options")
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
-    # augment.hflip auto follows the cache's preprocessing (its unify_side).
-    saved = cache_dir / "options.json"
-    preprocess = {**config.default("preprocess"), **(json.loads(saved.read_text()) if saved.is_file() else {})}
-    options["augment"]["hflip"] = config.augment_hflip(options["augment"]["hflip"], preprocess)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_fold_data(cache_dir, folds_path, fold, out_dir, pseudo_dir)
+    # augment.hflip auto follows the cache's preprocessing (its unify_side).
+    options["augment"]["hflip"] = config.augment_hflip(options["augment"]["hflip"], data.preprocess)
     trainer = Trainer(data, model_spec, options, fold, out_dir, device, workers)
     trainer.resume()
     started = time.monotonic()
