@@ -1,9 +1,10 @@
 """What fits on which GPU: every model of configs/competition.yaml and of
-config.yaml (the demo), one training step (forward + backward + AdamW) on
-windows of one size at batch 1, 2 and 4.
+config.yaml (the demo), one training step (forward + backward + AdamW) and
+one forward pass as prediction runs it, on windows of one size at batch 1,
+2 and 4.
 
-Per model: parameters; seconds per window of a training step; peak memory
-of the step. On CUDA: mixed precision as training runs it (float16 autocast
+Per model: parameters; seconds per window of a training step and of a
+prediction forward pass; peak memory of the step. On CUDA: mixed precision as training runs it (float16 autocast
 with a GradScaler, what a V100 supports), peak from
 torch.cuda.max_memory_allocated, and whether batch 2 fits a 16 GB and a
 32 GB card (peak plus 1 GiB for the CUDA context). On the CPU (no GPU):
@@ -14,9 +15,13 @@ Each model runs in a fresh process (peak memory is per process); encoders
 are built without their pretrained weights (same size and speed; nothing
 is downloaded).
 
+``--costs-out FILE`` also writes the figures as a cost table for
+``handbone estimate --costs FILE`` (docs/gpus.md, "How long a run takes").
+
 Usage:
   python benchmarks/models.py [--window 1024] [--batches 1 2 4] [--repeats 5]
       [--device cuda|cpu] [--configs configs/competition.yaml config.yaml] [--out models.json]
+      [--costs-out costs.yaml]
 """
 
 import argparse
@@ -55,11 +60,12 @@ def measure(spec: dict, window: int, batches: list[int], repeats: int, device_na
     import torch
 
     sys.path.insert(0, str(REPO / "workflow"))
-    from handbone.model import build_model
+    from handbone.devices import autocast_dtype
+    from handbone.model import build_model, to_device
     from handbone.train import make_loss
 
     device = torch.device(device_name)
-    model = build_model({**spec, "encoder_weights": None}, window).to(device).train()
+    model = to_device(build_model({**spec, "encoder_weights": None}, window), device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
@@ -75,27 +81,44 @@ def measure(spec: dict, window: int, batches: list[int], repeats: int, device_na
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+    predict_dtype = autocast_dtype(device, "auto")  # as prediction runs the forward passes
+
+    @torch.no_grad()
+    def forward(images):
+        with torch.autocast(device.type, dtype=predict_dtype, enabled=predict_dtype is not None):
+            torch.sigmoid(model(images).float())
+
+    def timed(function, *tensors) -> float:
+        function(*tensors)  # warm-up: cuDNN plans, allocator
+        if cuda:
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            function(*tensors)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / repeats
+
     for batch in batches:
         images = torch.randn(batch, 3, window, window, device=device)
         masks = (torch.rand(batch, 29, window, window, device=device) > 0.5).float()
         try:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            step(images, masks)  # warm-up: cuDNN plans, allocator
-            if cuda:
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-            for _ in range(repeats):
-                step(images, masks)
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds = (time.perf_counter() - started) / repeats
+            model.train()
+            seconds = timed(step, images, masks)
             peak = (
                 torch.cuda.max_memory_allocated(device)
                 if cuda
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
             )
-            result["batches"][batch] = {"seconds_per_window": seconds / batch, "peak_gib": peak / GIB}
+            model.eval()
+            infer_seconds = timed(forward, images)
+            result["batches"][batch] = {
+                "seconds_per_window": seconds / batch,
+                "infer_seconds_per_window": infer_seconds / batch,
+                "peak_gib": peak / GIB,
+            }
         except torch.OutOfMemoryError:
             result["batches"][batch] = {"seconds_per_window": None, "peak_gib": None, "error": "out of memory"}
             break
@@ -117,10 +140,13 @@ def fits(peak_gib, card_gib: int) -> str:
 def table(rows: list[dict], batches: list[int], device: str, window: int) -> str:
     memory = "peak GPU GiB (AMP)" if device == "cuda" else "peak RSS GiB above the model (fp32)"
     header = ["model", "config", "arch / encoder", "params (M)"]
-    header += [f"ms/window b{batch}" for batch in batches] + [f"{memory} b{batch}" for batch in batches]
+    header += [f"train ms/window b{batch}" for batch in batches]
+    header += [f"predict ms/window b{batch}" for batch in batches]
+    header += [f"{memory} b{batch}" for batch in batches]
     header += ["b2 fits 16 GB", "b2 fits 32 GB"] if device == "cuda" else []
     lines = [
-        f"Training step (forward + backward + AdamW), {window} x {window} windows, device {device}",
+        f"Training step (forward + backward + AdamW) and prediction forward pass, {window} x {window} windows,"
+        f" device {device}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -145,6 +171,12 @@ def table(rows: list[dict], batches: list[int], device: str, window: int) -> str
             for b in batches
         ]
         cells += [
+            f"{measured[str(b)]['infer_seconds_per_window'] * 1000:.0f}"
+            if measured.get(str(b), {}).get("infer_seconds_per_window")
+            else failed(b)
+            for b in batches
+        ]
+        cells += [
             f"{measured[str(b)]['peak_gib']:.2f}" if measured.get(str(b), {}).get("peak_gib") is not None else failed(b)
             for b in batches
         ]
@@ -155,6 +187,37 @@ def table(rows: list[dict], batches: list[int], device: str, window: int) -> str
     return "\n".join(lines)
 
 
+def cost_table(rows: list[dict], window: int, device: str, device_name: str, threads: int) -> dict:
+    """The figures as a cost table of ``handbone estimate`` (one entry per
+    architecture, encoder and kwargs; a batch that failed is left out)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    entries = []
+    for row in rows:
+        measured = {int(b): m for b, m in row["batches"].items() if m.get("seconds_per_window")}
+        entry = {"arch": row["spec"]["arch"], "encoder": row["spec"].get("encoder")}
+        if row["spec"].get("kwargs"):
+            entry["kwargs"] = row["spec"]["kwargs"]
+        entry["window"] = window
+        entry["train_ms_per_window"] = {b: round(m["seconds_per_window"] * 1000, 2) for b, m in measured.items()}
+        entry["infer_ms_per_window"] = {b: round(m["infer_seconds_per_window"] * 1000, 2) for b, m in measured.items()}
+        if cuda:
+            entry["train_peak_gib"] = {b: round(m["peak_gib"], 2) for b, m in measured.items()}
+        entry["source"] = f"benchmarks/models.py --device {device} --window {window}, {time.strftime('%Y-%m-%d')}"
+        entries.append(entry)
+    table = {
+        "device": device_name if cuda else f"CPU, {threads} threads",
+        "precision": "float16 autocast" if cuda else "float32",
+    }
+    if cuda:
+        table["gpu"] = True
+        table["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 10**9, 1)
+        table["loader_workers"] = 3  # a train job's 4 threads: the main process and 3 loader workers
+    table["models"] = entries
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=int, default=1024, help="window side in pixels (the training input size)")
@@ -163,6 +226,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--configs", nargs="+", default=["configs/competition.yaml", "config.yaml"])
     parser.add_argument("--out", default="results/benchmarks/models.json")
+    parser.add_argument("--costs-out", help="also write the figures as a cost table for `handbone estimate --costs`")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this JSON spec in this process
     args = parser.parse_args()
     if args.one:
@@ -207,6 +271,13 @@ def main() -> None:
         table(json.loads(json.dumps(rows)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window)
     )
     print(f"\n(device: {device_name}; JSON: {args.out})")
+    if args.costs_out:
+        import torch
+
+        costs = cost_table(rows, args.window, device, device_name, torch.get_num_threads())
+        Path(args.costs_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.costs_out).write_text(yaml.safe_dump(costs, sort_keys=False))
+        print(f"(cost table for handbone estimate: {args.costs_out})")
 
 
 if __name__ == "__main__":

@@ -89,22 +89,37 @@ def test_inference_benchmark_compares_windows_storage_and_memory(tmp_path):
         assert _number(rf"{re.escape(label)}\s+([\d.]+)\s+[\d.]+\s+[\d.]+$", output) > 0
 
 
-def test_models_benchmark_measures_a_training_step_of_the_demo_model(tmp_path):
-    out = tmp_path / "models.json"
+def test_models_benchmark_measures_a_training_step_and_a_forward_pass_of_the_demo_model(tmp_path):
+    out, costs = tmp_path / "models.json", tmp_path / "costs.yaml"
     output = _run(
         "models.py",
         *("--device", "cpu", "--window", "64", "--batches", "1", "--repeats", "1", "--configs", "config.yaml"),
-        *("--out", str(out)),
+        *("--out", str(out), "--costs-out", str(costs)),
     )
-    models = [name for name, spec in yaml.safe_load((ROOT / "config.yaml").read_text())["models"].items() if spec]
-    assert "Training step (forward + backward + AdamW), 64 x 64 windows, device cpu" in output
-    assert "| model | config | arch / encoder | params (M) | ms/window b1 |" in output
+    models = {name: spec for name, spec in yaml.safe_load((ROOT / "config.yaml").read_text())["models"].items() if spec}
+    assert (
+        "Training step (forward + backward + AdamW) and prediction forward pass, 64 x 64 windows, device cpu" in output
+    )
+    assert "| model | config | arch / encoder | params (M) | train ms/window b1 | predict ms/window b1 |" in output
     for name in models:
-        assert re.search(rf"^\| {name} \| config.yaml \| .+ \| [\d.]+ \| \d+ \| [\d.]+ \|$", output, re.MULTILINE)
+        assert re.search(
+            rf"^\| {name} \| config.yaml \| .+ \| [\d.]+ \| \d+ \| \d+ \| [\d.]+ \|$", output, re.MULTILINE
+        )
     report = json.loads(out.read_text())
-    assert report["window"] == 64 and [row["model"] for row in report["models"]] == models
+    assert report["window"] == 64 and [row["model"] for row in report["models"]] == list(models)
     for row in report["models"]:
-        assert row["parameters"] > 0 and row["batches"]["1"]["seconds_per_window"] > 0
+        measured = row["batches"]["1"]
+        assert row["parameters"] > 0 and measured["seconds_per_window"] > measured["infer_seconds_per_window"] > 0
+    # The cost table handbone estimate reads: one entry per model, matched on its spec.
+    table = yaml.safe_load(costs.read_text())
+    assert table["device"].startswith("CPU") and "memory_gib" not in table
+    for entry, spec in zip(table["models"], models.values()):
+        assert (entry["arch"], entry["encoder"], entry.get("kwargs")) == (
+            spec["arch"],
+            spec["encoder"],
+            spec.get("kwargs"),
+        )
+        assert entry["window"] == 64 and entry["train_ms_per_window"][1] > entry["infer_ms_per_window"][1] > 0
 
 
 def test_outliers_benchmark_scores_the_eda_against_the_manifest():

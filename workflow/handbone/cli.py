@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -94,6 +95,25 @@ def cmd_check_models(args) -> None:
 def cmd_check_config(args) -> None:
     config.load_config(args.configfile)  # resolved, checked against the schema and for contradictions
     log.info("%s: valid, no contradictory options", " + ".join(args.configfile))
+
+
+def cmd_estimate(args) -> None:
+    from . import estimate
+
+    images = None
+    if args.train_images is not None or args.test_images is not None or args.image_side is not None:
+        values = config.load_config(estimate.workflow_configs(args.configfile))
+        images = estimate.count_images(values, args.train_images, args.test_images, args.image_side)
+    result = estimate.estimate(
+        args.configfile,
+        args.costs,
+        args.gpus,
+        args.cores,
+        pending=args.pending,
+        images=images,
+        host_path=args.host,
+    )
+    print(result.text())
 
 
 def cmd_fetch_weights(args) -> None:
@@ -486,6 +506,43 @@ def _config_commands(commands) -> None:
         required=True,
         help="config file; several are merged in order as Snakemake merges them (e.g. config.yaml, "
         "then configs/competition.yaml)",
+    )
+    sub = _command(
+        commands,
+        "estimate",
+        cmd_estimate,
+        "how long the run of a config takes, before any job runs: the workflow's jobs (Snakemake's dry run), "
+        "each job's hours from a table of per-window costs per model and device, and the wall time with the "
+        "jobs packed on N GPUs as `snakemake --resources gpu=N` packs them (docs/gpus.md, 'How long a run takes'). "
+        "Run it in the workflow's folder",
+    )
+    sub.add_argument(
+        "--configfile",
+        action="append",
+        required=True,
+        help="config file as given to snakemake (config.yaml is read first, as the Snakefile does); repeatable",
+    )
+    sub.add_argument(
+        "--costs",
+        default="v100-16gb",
+        help="cost table: v100-16gb or a100-40gb (published figures, shipped), cpu (measured on a 2-core CI "
+        "machine) or a .yaml file from `python benchmarks/models.py --costs-out FILE` on your device "
+        "(default: v100-16gb)",
+    )
+    sub.add_argument("--gpus", type=int, default=1, help="GPU slots, as --resources gpu=N (default: 1)")
+    sub.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 1, help="cores, as snakemake --cores (default: this machine's)"
+    )
+    sub.add_argument(
+        "--pending", action="store_true", help="only the jobs still to run here (default: the whole run, --forceall)"
+    )
+    sub.add_argument("--train-images", type=int, help="training images (default: from data.root or the synthetic set)")
+    sub.add_argument("--test-images", type=int, help="test images (default: as --train-images)")
+    sub.add_argument("--image-side", type=int, help="image side in pixels (default: as --train-images)")
+    sub.add_argument(
+        "--host",
+        default=None,
+        help="host cost table (default: the shipped one, measured with benchmarks/host.py on the demo)",
     )
 
 
