@@ -2,8 +2,8 @@
 
 Measured on a finished run's results folder (the demo's, by default):
 
-- ``job_start_s``: a job's Python start with the package and its libraries
-  imported (median of 3 fresh processes);
+- ``job_start_s``: a network job's Python start with the package and torch
+  imported (median of 3 fresh processes); ``rule_start_s``: another job's;
 - ``model_build_s``: building the config's models with random weights;
 - ``sample_s_per_mpix``: reading and augmenting one training sample from
   the cache, as the training loader does, per megapixel of the sample;
@@ -12,7 +12,7 @@ Measured on a finished run's results folder (the demo's, by default):
 - ``dice_s_per_mpix``: validation's Dice of one image on the CPU;
 - ``rules``: each network-free rule's seconds per megapixel of the images
   it reads, from the run's ``results/benchmarks`` (Snakemake's per-job
-  seconds) above a job's start (``estimate.measure_host``).
+  seconds) above ``rule_start_s`` (``estimate.measure_host``).
 
 Usage:
   python benchmarks/host.py [--results results] [--configfile config.yaml] [--samples 40]
@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 
-def job_start_seconds() -> float:
-    command = [sys.executable, "-c", "import handbone.cli, handbone.train, handbone.predict"]
+def start_seconds(modules: str) -> float:
+    """A fresh Python importing ``modules``: a job's start before its work."""
+    command = [sys.executable, "-c", f"import {modules}"]
     env = {"PYTHONPATH": str(REPO / "workflow"), "PATH": ""}
     times = []
     for _ in range(3):
@@ -72,7 +73,8 @@ def main() -> None:
     folder = cache_folder(results)
     stems = sorted(path.name.removesuffix(".image.npy") for path in folder.glob("*.image.npy"))[: args.samples]
     host = yaml.safe_load(estimate.HOST_TABLE.read_text())
-    host["job_start_s"] = round(job_start_seconds(), 2)
+    host["job_start_s"] = round(start_seconds("handbone.cli, handbone.train, handbone.predict"), 2)
+    host["rule_start_s"] = round(start_seconds("handbone.cli"), 2)
 
     builds = []
     for name, spec in config.model_specs(values).items():

@@ -172,3 +172,28 @@ def test_demo_run_dry_run_plans_the_demo_and_deletes_nothing(tmp_path):
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE))
     assert jobs["demo_data"] == "1" and jobs["submission"] == "1" and int(jobs["train"]) >= 1
     assert not (tmp_path / "results").exists()
+
+
+def test_estimate_check_estimates_a_tiny_run_then_measures_it(tmp_path):
+    from conftest import TINY_CONFIG
+
+    config = {key: TINY_CONFIG[key] for key in ("synthetic", "cv", "train")}
+    config["models"] = {"unet_mobilenetv3": None, **TINY_CONFIG["models"]}
+    configfile = tmp_path / "tiny.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    costs = tmp_path / "costs.yaml"
+    _run(
+        "models.py",
+        *("--device", "cpu", "--window", "64", "--batches", "2", "--repeats", "1", "--configs", str(configfile)),
+        *("--out", str(tmp_path / "models.json"), "--costs-out", str(costs)),
+    )
+    output = _run(
+        "estimate_check.py",
+        *("--configfile", str(configfile), "--costs", str(costs), "--workdir", str(tmp_path / "run")),
+    )
+    assert "Device: CPU" in output and "Images: 8 training, 2 test, 128 px frames" in output
+    train = re.search(r"^\| train\s+\|\s+2 \|\s+([\d.]+)\s+\|\s+([\d.]+)\s+\|", output, re.MULTILINE)
+    assert train and float(train.group(1)) > 0 and float(train.group(2)) > 0
+    estimated = _number(r"Wall time: estimated (\d+) s", output)
+    measured = _number(r"Wall time: estimated \d+ s, measured (\d+) s", output)
+    assert estimated > 0 and measured > 0

@@ -62,6 +62,7 @@ class Job:
     gpu: bool = False
     waits_for: set = field(default_factory=set)
     command: bool = False  # False: a target rule such as all, which runs nothing
+    benchmark: str = ""  # Snakemake's record of the job's seconds, once it ran
     seconds: float = 0.0
     detail: str = ""
 
@@ -101,6 +102,8 @@ def parse_dry_run(text: str) -> list[Job]:
             current.outputs = _split_paths(value)
         elif key == "wildcards":
             current.wildcards = dict(part.split("=", 1) for part in _split_paths(value))
+        elif key == "benchmark":
+            current.benchmark = value
         elif key == "threads":
             current.threads = int(value)
         elif key == "resources":
@@ -216,15 +219,18 @@ def read_table(path: Path) -> dict:
     return table
 
 
-def model_costs(table: dict, spec: dict, name: str, table_path: Path) -> dict:
+def model_costs(table: dict, spec: dict, name: str, table_path: Path, window: int | None = None) -> dict:
     """The table's entry of a model: the same arch and encoder, and the same
-    kwargs where the entry names them (a measured table does)."""
-    for entry in table["models"]:
-        if (entry["arch"], entry.get("encoder")) != (spec.get("arch"), spec.get("encoder")):
-            continue
-        if "kwargs" in entry and (entry["kwargs"] or {}) != (spec.get("kwargs") or {}):
-            continue
-        return entry
+    kwargs where the entry names them (a measured table does); of several,
+    the one measured at the window side nearest ``window``."""
+    matches = [
+        entry
+        for entry in table["models"]
+        if (entry["arch"], entry.get("encoder")) == (spec.get("arch"), spec.get("encoder"))
+        and ("kwargs" not in entry or (entry["kwargs"] or {}) == (spec.get("kwargs") or {}))
+    ]
+    if matches:
+        return min(matches, key=lambda entry: abs(entry["window"] - (window or entry["window"])))
     raise ConfigError(
         f"cost table {table_path} has no figures for {name} ({spec.get('arch')} / {spec.get('encoder')}): "
         f"measure them on the device with `python benchmarks/models.py --costs-out FILE` and pass --costs FILE"
@@ -286,8 +292,8 @@ class Coster:
 
     def _model(self, name: str) -> tuple[dict, dict, int, str, float]:
         options = config.train_options(self.values, name)
-        entry = model_costs(self.table, self.specs[name], name, self.table_path)
         window = int(options["input_size"])
+        entry = model_costs(self.table, self.specs[name], name, self.table_path, window)
         scale = (window / entry["window"]) ** 2
         return options, entry, window, options["input_mode"], scale
 
@@ -544,7 +550,7 @@ def measure_host(
     results: str | Path, configfiles: list[str], out: str | Path, host_path: str | Path = HOST_TABLE
 ) -> dict:
     """The host table ``host_path`` with each network-free rule's seconds per
-    megapixel of what it reads, above its fixed seconds (a job's start),
+    megapixel of what it reads, above a job's start (``rule_start_s``),
     from a finished run's ``results/benchmarks`` (Snakemake's per-job
     seconds), written to ``out`` (benchmarks/host.py)."""
     import pandas as pd
@@ -554,6 +560,7 @@ def measure_host(
     images = count_images(values)
     host = yaml.safe_load(Path(host_path).read_text())
     for rule, cost in host["rules"].items():
+        cost["fixed_s"] = host["rule_start_s"]
         tsv = results / "benchmarks" / f"{rule}.tsv"
         if not tsv.is_file():
             continue
@@ -563,7 +570,6 @@ def measure_host(
         ]
         if cost.get("per_model"):
             count *= len(config.model_specs(values))
-        cost["fixed_s"] = host["job_start_s"]
         cost["s_per_mpix"] = round(max(0.0, seconds - cost["fixed_s"]) / max(images.megapixels(count), 1e-9), 3)
     Path(out).write_text(yaml.safe_dump(host, sort_keys=False))
     return host
