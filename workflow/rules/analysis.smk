@@ -9,8 +9,8 @@ ANALYSIS = "7. Prediction analysis"
 rule prediction_analysis:
     input:
         oof=expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS),
-        folds="results/splits/folds.csv",
-        index="results/index/index.csv",
+        folds=FOLDS_CSV,
+        index=INDEX_CSV,
     output:
         per_image="results/analysis/per_image.csv",
         per_class=report(
@@ -70,10 +70,10 @@ rule prediction_analysis:
 rule run_summary:
     input:
         # Named as the options of `handbone run-summary`.
-        index="results/index/index.csv",
-        folds="results/splits/folds.csv",
+        index=INDEX_CSV,
+        folds=FOLDS_CSV,
         outliers="results/eda/outliers.csv",
-        frames="results/frames/frames.csv",
+        frames=FRAMES_CSV,
         cv_metrics="results/cv/metrics.json",
         ensemble_weights="results/ensemble/weights.json",
         ensemble_table="results/ensemble/oof_scores.csv",

@@ -57,6 +57,12 @@ for _model in PSEUDO_MODELS:
         raise WorkflowError(f"pseudo_label.models: {_model!r} is not one of models: ({', '.join(MODELS)})")
 
 
+# The tables that most rules read, each written by one rule of data.smk.
+INDEX_CSV = "results/index/index.csv"
+FOLDS_CSV = "results/splits/folds.csv"
+FRAMES_CSV = "results/frames/frames.csv"
+
+
 def round_dir(number):
     """Where a round's models, maps, ensemble and submission live."""
     return "results" if int(number) == 1 else f"results/pseudo/round{number}"
@@ -64,6 +70,40 @@ def round_dir(number):
 
 def round_models(number):
     return MODELS if int(number) == 1 else PSEUDO_MODELS
+
+
+def job_round(wildcards):
+    """A job's pseudo-labelling round: its {round} wildcard, or 1 for
+    round 1's rules, which have none."""
+    return int(wildcards.get("round", 1))
+
+
+def in_round(pattern, every=()):
+    """An input function for a rule that every round runs: ``pattern``
+    under the folder of the job's round (``round_dir``), its {model} and
+    {fold} the job's own or, those named in ``every``, each of the round's
+    models (``round_models``) or each fold (then a list). pseudo.smk's
+    ``use rule`` keeps such inputs, so a round's rule names only its own
+    outputs, log and benchmark."""
+
+    def paths(wildcards):
+        number = job_round(wildcards)
+        choices = {"model": round_models(number), "fold": FOLDS}
+        values = {
+            name: choices[name] if name in every else [wildcards[name]] for name in re.findall(r"{(\w+)}", pattern)
+        }
+        found = expand(f"{round_dir(number)}/{pattern}", **values)
+        return found if every else found[0]
+
+    return paths
+
+
+def round_pseudo_labels(wildcards):
+    """What a training job adds to the fold's training images: in a
+    pseudo-labelling round, the round's pseudo-labels of the fold
+    (rule pseudo_label); in round 1, nothing."""
+    number = job_round(wildcards)
+    return [] if number == 1 else [f"results/pseudo/round{number}/labels/fold{wildcards.fold}"]
 
 
 ENV = "../../envs/handbone.yaml"
@@ -160,7 +200,7 @@ def final_outputs():
         "results/eda/class_stats.csv",
         "results/cv/cv_scores.csv",
         "results/cv/metrics.json",
-        "results/frames/frames.csv",
+        FRAMES_CSV,
         "results/overlays/test",
     ]
     outputs += expand("results/cv/models/{model}/learning_curves.png", model=MODELS)

@@ -21,7 +21,7 @@ rule index:
     input:
         data_root_input(),
     output:
-        "results/index/index.csv",
+        INDEX_CSV,
     log:
         "results/logs/index.log",
     benchmark:
@@ -37,7 +37,7 @@ rule index:
 
 rule eda:
     input:
-        "results/index/index.csv",
+        INDEX_CSV,
     output:
         class_stats=report(
             "results/eda/class_stats.csv",
@@ -98,12 +98,12 @@ rule eda:
 
 rule split:
     input:
-        index="results/index/index.csv",
+        index=INDEX_CSV,
         outliers="results/eda/outliers.csv",
         image_stats="results/eda/image_stats.csv",
     output:
         folds=report(
-            "results/splits/folds.csv",
+            FOLDS_CSV,
             caption="../report/folds.rst",
             category="2. Cross-validation",
             subcategory="folds",
@@ -133,11 +133,11 @@ rule split:
 
 rule frames:
     input:
-        index="results/index/index.csv",
+        index=INDEX_CSV,
         image_stats="results/eda/image_stats.csv",
     output:
         report(
-            "results/frames/frames.csv",
+            FRAMES_CSV,
             caption="../report/frames.rst",
             category="1. Data",
             subcategory="Tables",
@@ -158,8 +158,8 @@ rule frames:
 
 rule preprocess:
     input:
-        index="results/index/index.csv",
-        frames="results/frames/frames.csv",
+        index=INDEX_CSV,
+        frames=FRAMES_CSV,
     output:
         directory(CACHE),
     log:

@@ -4,10 +4,10 @@
 
 rule predict_oof:
     input:
-        index="results/index/index.csv",
-        folds="results/splits/folds.csv",
-        frames="results/frames/frames.csv",
-        checkpoint="results/models/{model}/fold{fold}/model.pt",
+        index=INDEX_CSV,
+        folds=FOLDS_CSV,
+        frames=FRAMES_CSV,
+        checkpoint=in_round("models/{model}/fold{fold}/model.pt"),
     output:
         directory("results/predictions/{model}/oof/fold{fold}"),
     log:
@@ -31,9 +31,9 @@ rule predict_oof:
 
 rule predict_test:
     input:
-        index="results/index/index.csv",
-        frames="results/frames/frames.csv",
-        checkpoints=expand("results/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
+        index=INDEX_CSV,
+        frames=FRAMES_CSV,
+        checkpoints=in_round("models/{model}/fold{fold}/model.pt", every=["fold"]),
     output:
         directory("results/predictions/{model}/test"),
     log:
@@ -81,7 +81,7 @@ rule predict_extra:
 
 rule overlays_test:
     input:
-        index="results/index/index.csv",
+        index=INDEX_CSV,
         maps="results/ensemble/test",
         params="results/postprocess/params.json",
     output:

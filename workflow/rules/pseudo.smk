@@ -4,10 +4,14 @@
 # confidently; then the round predicts, fits its ensemble and
 # post-processing on its own OOF maps (real labels only) and submits. The
 # rules are round 1's (use rule ... as ..._pseudo), pointed at the round's
-# folders: a `with:` input, output, log or benchmark replaces round 1's
-# whole list, so each names also the inputs every round shares (index,
-# folds, cache); params are merged by name and, where they follow from the
-# paths, computed from them in round 1's rule (train, fit_*, score).
+# folders, and keep round 1's inputs: those that depend on the round are
+# computed from the job's {round} wildcard (common.smk's in_round and
+# round_pseudo_labels; round 1's jobs have none), the shared ones are
+# named once (INDEX_CSV, FOLDS_CSV, FRAMES_CSV, CACHE), and params that
+# follow from the paths are computed from them in round 1's rules (fit_*,
+# score). Each block restates only what Snakemake makes it: a `with:`
+# output, log or benchmark replaces round 1's whole list, and outputs are
+# patterns, not functions of the round.
 
 
 # A focal loss with pseudo_label.ignore_uncertain cannot train a round; the
@@ -17,8 +21,8 @@
 
 rule pseudo_label:
     input:
-        index="results/index/index.csv",
-        frames="results/frames/frames.csv",
+        index=INDEX_CSV,
+        frames=FRAMES_CSV,
         checkpoints=lambda wildcards: expand(
             "{folder}/models/{model}/fold{fold}/model.pt",
             folder=round_dir(int(wildcards.round) - 1),
@@ -50,11 +54,12 @@ rule pseudo_label:
         " --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
+# params.pseudo_labels is computed from the round's input here, not in rule
+# train for every round: Snakemake leaves params computed from the input
+# out of its params rerun trigger, so replacing round 1's recorded ""
+# (train.smk) by such a function would rerun every finished round-1
+# training once.
 use rule train as train_pseudo with:
-    input:
-        cache=CACHE,
-        folds="results/splits/folds.csv",
-        pseudo_labels="results/pseudo/round{round}/labels/fold{fold}",
     output:
         checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
         metrics="results/pseudo/round{round}/models/{model}/fold{fold}/metrics.json",
@@ -64,15 +69,10 @@ use rule train as train_pseudo with:
     benchmark:
         "results/benchmarks/pseudo/round{round}/train/{model}/fold{fold}.tsv"
     params:
-        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {shlex.quote(input.pseudo_labels)}",
+        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {shlex.quote(input.pseudo_labels[0])}",
 
 
 use rule predict_oof as predict_oof_pseudo with:
-    input:
-        index="results/index/index.csv",
-        folds="results/splits/folds.csv",
-        frames="results/frames/frames.csv",
-        checkpoint="results/pseudo/round{round}/models/{model}/fold{fold}/model.pt",
     output:
         directory("results/pseudo/round{round}/predictions/{model}/oof/fold{fold}"),
     log:
@@ -82,10 +82,6 @@ use rule predict_oof as predict_oof_pseudo with:
 
 
 use rule predict_test as predict_test_pseudo with:
-    input:
-        index="results/index/index.csv",
-        frames="results/frames/frames.csv",
-        checkpoints=expand("results/pseudo/round{{round}}/models/{{model}}/fold{fold}/model.pt", fold=FOLDS),
     output:
         directory("results/pseudo/round{round}/predictions/{model}/test"),
     log:
@@ -94,14 +90,7 @@ use rule predict_test as predict_test_pseudo with:
         "results/benchmarks/pseudo/round{round}/predict/{model}.tsv"
 
 
-PSEUDO_OOF = expand("results/pseudo/round{{round}}/predictions/{model}/oof/fold{fold}", model=PSEUDO_MODELS, fold=FOLDS)
-
-
 use rule fit_ensemble as fit_ensemble_pseudo with:
-    input:
-        oof=PSEUDO_OOF,
-        folds="results/splits/folds.csv",
-        cache=CACHE,
     output:
         weights="results/pseudo/round{round}/ensemble/weights.json",
         table="results/pseudo/round{round}/ensemble/oof_scores.csv",
@@ -112,12 +101,6 @@ use rule fit_ensemble as fit_ensemble_pseudo with:
 
 
 use rule fit_postprocess as fit_postprocess_pseudo with:
-    input:
-        oof=PSEUDO_OOF,
-        folds="results/splits/folds.csv",
-        cache=CACHE,
-        weights="results/pseudo/round{round}/ensemble/weights.json",
-        ensemble_table="results/pseudo/round{round}/ensemble/oof_scores.csv",
     output:
         params="results/pseudo/round{round}/postprocess/params.json",
         table=report(
@@ -135,9 +118,6 @@ use rule fit_postprocess as fit_postprocess_pseudo with:
 
 
 use rule ensemble as ensemble_pseudo with:
-    input:
-        maps=expand("results/pseudo/round{{round}}/predictions/{model}/test", model=PSEUDO_MODELS),
-        weights="results/pseudo/round{round}/ensemble/weights.json",
     output:
         directory("results/pseudo/round{round}/ensemble/test"),
     log:
@@ -147,10 +127,6 @@ use rule ensemble as ensemble_pseudo with:
 
 
 use rule submission as submission_pseudo with:
-    input:
-        probabilities="results/pseudo/round{round}/ensemble/test",
-        index="results/index/index.csv",
-        params="results/pseudo/round{round}/postprocess/params.json",
     output:
         "results/pseudo/round{round}/submission.csv",
     log:
@@ -160,10 +136,6 @@ use rule submission as submission_pseudo with:
 
 
 use rule score as score_pseudo with:
-    input:
-        submission="results/pseudo/round{round}/submission.csv",
-        index="results/index/index.csv",
-        demo=["results/demo"] if DEMO else [],
     output:
         summary="results/pseudo/round{round}/scores/holdout.json",
         per_class="results/pseudo/round{round}/scores/holdout_per_class.csv",

@@ -5,8 +5,8 @@
 
 rule fit_ensemble:
     input:
-        oof=expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS),
-        folds="results/splits/folds.csv",
+        oof=in_round("predictions/{model}/oof/fold{fold}", every=["model", "fold"]),
+        folds=FOLDS_CSV,
         cache=CACHE,
     output:
         weights="results/ensemble/weights.json",
@@ -30,11 +30,11 @@ rule fit_ensemble:
 
 rule fit_postprocess:
     input:
-        oof=expand("results/predictions/{model}/oof/fold{fold}", model=MODELS, fold=FOLDS),
-        folds="results/splits/folds.csv",
+        oof=in_round("predictions/{model}/oof/fold{fold}", every=["model", "fold"]),
+        folds=FOLDS_CSV,
         cache=CACHE,
-        weights="results/ensemble/weights.json",
-        ensemble_table="results/ensemble/oof_scores.csv",
+        weights=in_round("ensemble/weights.json"),
+        ensemble_table=in_round("ensemble/oof_scores.csv"),
     output:
         params="results/postprocess/params.json",
         table=report(
@@ -67,8 +67,8 @@ rule fit_postprocess:
 
 rule ensemble:
     input:
-        maps=expand("results/predictions/{model}/test", model=MODELS),
-        weights="results/ensemble/weights.json",
+        maps=in_round("predictions/{model}/test", every=["model"]),
+        weights=in_round("ensemble/weights.json"),
     output:
         directory("results/ensemble/test"),
     log:
@@ -85,9 +85,9 @@ rule ensemble:
 
 rule submission:
     input:
-        probabilities="results/ensemble/test",
-        index="results/index/index.csv",
-        params="results/postprocess/params.json",
+        probabilities=in_round("ensemble/test"),
+        index=INDEX_CSV,
+        params=in_round("postprocess/params.json"),
     output:
         "results/submission.csv",
     log:
@@ -104,8 +104,8 @@ rule submission:
 
 rule score:
     input:
-        submission="results/submission.csv",
-        index="results/index/index.csv",
+        submission=in_round("submission.csv"),
+        index=INDEX_CSV,
         demo=["results/demo"] if DEMO else [],
     output:
         summary="results/scores/holdout.json",

@@ -39,7 +39,9 @@ onstart:
 rule train:
     input:
         cache=CACHE,
-        folds="results/splits/folds.csv",
+        folds=FOLDS_CSV,
+        # In a pseudo-labelling round (pseudo.smk's train_pseudo), the fold's pseudo-labels; none in round 1.
+        pseudo_labels=round_pseudo_labels,
     output:
         checkpoint="results/models/{model}/fold{fold}/model.pt",
         metrics="results/models/{model}/fold{fold}/metrics.json",
