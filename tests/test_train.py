@@ -20,7 +20,7 @@ from handbone.data import index_data_root
 from handbone.model import build_model
 from handbone.splits import make_folds
 from handbone.synthetic import SyntheticConfig, generate
-from handbone.train import load_fold_data
+from handbone.train import load_fold_data, validation_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,11 @@ def tiny_cache(tmp_path_factory):
 
 
 SPEC = '{"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}'
-OPTIONS = '{"input_mode": "patch", "input_size": 64, "epochs": 6, "batch_size": 2, "val_every": 2, "warmup_epochs": 1}'
+# val_from 0: these tests validate from the first epochs on (config.yaml waits for half of them).
+OPTIONS = (
+    '{"input_mode": "patch", "input_size": 64, "epochs": 6, "batch_size": 2, "val_every": 2, "val_from": 0,'
+    ' "warmup_epochs": 1}'
+)
 
 
 def _train(folder, out, wait=True, options=OPTIONS):
@@ -135,6 +139,13 @@ def test_killed_training_resumes_and_ends_with_the_same_weights(tiny_cache):
     assert _live_curve(tiny_cache / "killed", "train/loss")["step"].tolist() == list(range(1, 7))
     for name in ("train/loss", "val/dice"):
         assert _live_curve(tiny_cache / "killed", name).equals(_live_curve(tiny_cache / "uninterrupted", name))
+
+
+def test_validation_runs_every_val_every_epochs_from_val_from_on_and_after_the_last():
+    assert validation_epochs(80, 10, 0.5) == [40, 50, 60, 70, 80]
+    assert validation_epochs(80, 10, 0) == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert validation_epochs(100, 5, 0.5)[:2] == [50, 55] and len(validation_epochs(100, 5, 0.5)) == 11
+    assert validation_epochs(7, 3, 0.5) == [6, 7] and validation_epochs(5, 10, 0.5) == [5]
 
 
 def _live_curve(out, name):

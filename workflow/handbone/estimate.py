@@ -309,6 +309,8 @@ class Coster:
         return self.images.megapixels(images) * self.host["maps_s_per_mpix"]
 
     def train_seconds(self, name: str) -> tuple[float, str]:
+        from .train import validation_epochs
+
         options, entry, window, mode, scale = self._model(name)
         epochs = int(options["epochs"])
         train_images = self.images.train * (self.folds - 1) / self.folds
@@ -321,8 +323,7 @@ class Coster:
             epoch = train_images * max(step, loader / self.table["loader_workers"])
         else:  # the same cores do both
             epoch = train_images * (step + loader)
-        val_every = int(options["val_every"])
-        validations = epochs // val_every + (epochs % val_every != 0)
+        validations = len(validation_epochs(epochs, int(options["val_every"]), options["val_from"]))
         validation = self.infer_seconds(name, val_images, [1.0], False)
         if not self.on_gpu:  # on a GPU the Dice is counted there, in no time beside the forward passes
             validation += self.images.megapixels(val_images) * self.host["dice_s_per_mpix"]

@@ -182,6 +182,16 @@ def evaluate(
     return pd.DataFrame(rows, columns=CLASSES, index=stems)
 
 
+def validation_epochs(epochs: int, val_every: int, val_from: float) -> list[int]:
+    """The epochs that end with a validation: every ``val_every``-th from
+    ``val_from`` of the epochs on, and the last."""
+    return [
+        epoch
+        for epoch in range(1, epochs + 1)
+        if epoch == epochs or (epoch % val_every == 0 and epoch >= val_from * epochs)
+    ]
+
+
 def validation_dice(probabilities: torch.Tensor, packed_mask: np.ndarray) -> np.ndarray:
     """Dice per class of (29, H, W) maps thresholded at 0.5 against a cached
     packed mask, counted where the maps are. On a GPU with torch
@@ -447,7 +457,7 @@ class Trainer:
 
     # -- validation and early stop ---------------------------------------
     def validates(self, epoch: int) -> bool:
-        return epoch % int(self.options["val_every"]) == 0 or epoch == self.epochs
+        return epoch in validation_epochs(self.epochs, int(self.options["val_every"]), self.options["val_from"])
 
     def validate(self, epoch: int) -> float:
         """Mean validation Dice; a new best is saved to ``.best.pt``."""
