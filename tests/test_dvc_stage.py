@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from package_imports import PACKAGE, handbone_imports, import_graph
 
 from conftest import snakemake_command
 from handbone.dvc_stage import run_stage
@@ -107,56 +108,11 @@ def test_the_command_line_splits_the_stage_options_from_snakemakes(checkout, mon
 # A subcommand runs the cli.py code main() reaches and the function the
 # parser registers for it, with the cli.py functions those use; every
 # module imports others, at its top or inside functions (all counted),
-# read with the ast module.
+# read with the ast module (tests/package_imports.py, whose import graph
+# tests/test_imports.py searches for circles).
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "workflow" / "handbone"
 HOOKS = {"workflow.onstart", "workflow.onsuccess", "workflow.onerror"}
-
-
-def module_file(name: str) -> str | None:
-    """The file of module ``handbone.<name>`` (dotted; "" for the package)
-    relative to the package's folder, or None."""
-    folder = name.replace(".", "/")
-    for candidate in (f"{folder}.py", f"{folder}/__init__.py") if folder else ("__init__.py",):
-        if (PACKAGE / candidate).is_file():
-            return candidate
-    return None
-
-
-def handbone_imports(tree: ast.AST, package: str = "") -> set[str]:
-    """The files of the handbone modules that ``tree`` imports anywhere
-    (module level or inside functions): ``from .x import``, ``from . import
-    x``, ``import handbone.x``, ``from handbone.x import``. Relative imports
-    start from ``package`` (dotted, "" for handbone itself). Importing a
-    module also runs its packages' ``__init__``."""
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".") if package else []
-                if node.level - 1 > len(parts):
-                    pytest.fail(f"an import from outside the handbone package: {ast.unparse(node)}")
-                base = parts[: len(parts) - node.level + 1] + (node.module.split(".") if node.module else [])
-            elif node.module and node.module.split(".")[0] == "handbone":
-                base = node.module.split(".")[1:]
-            else:
-                continue
-            names.add(".".join(base))
-            # from . import x, from .x import y: x, y may be modules themselves
-            candidates = {".".join([*base, alias.name]) for alias in node.names}
-            names |= {candidate for candidate in candidates if module_file(candidate)}
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "handbone":
-                    names.add(alias.name.partition(".")[2])
-    found = set()
-    for name in names:
-        if module_file(name) is None:
-            pytest.fail(f"handbone.{name} is not a module in {PACKAGE}")
-        parts = name.split(".") if name else []
-        found |= {module_file(".".join(parts[:length])) for length in range(len(parts) + 1)}
-    return found
 
 
 class Cli:
@@ -175,7 +131,8 @@ class Cli:
         tree = ast.parse((PACKAGE / "cli.py").read_text())
         self.definitions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
         top_level = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]
-        self.top_level = handbone_imports(ast.Module(body=top_level, type_ignores=[]))
+        self.top_level = handbone_imports(ast.Module(body=top_level, type_ignores=[]), "cli.py")
+        self.graph = import_graph()
         self.always = {"__init__.py", "__main__.py", "cli.py"} | self.top_level | self._reach("main")
 
     def _reach(self, root: str) -> set[str]:
@@ -188,7 +145,7 @@ class Cli:
                 continue
             seen.add(name)
             function = self.definitions[name]
-            imported |= handbone_imports(function)
+            imported |= handbone_imports(function, "cli.py")
             called = {id(node.func) for node in ast.walk(function) if isinstance(node, ast.Call)}
             todo += [
                 node.id
@@ -224,11 +181,7 @@ class Cli:
             if module in seen:
                 continue
             seen.add(module)
-            if module == "cli.py":
-                todo += self.top_level
-            else:
-                package = posixpath.dirname(module).replace("/", ".")
-                todo += handbone_imports(ast.parse((PACKAGE / module).read_text()), package)
+            todo += self.top_level if module == "cli.py" else self.graph[module]
         return seen
 
 

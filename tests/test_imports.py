@@ -2,32 +2,12 @@
 
 A circle works only while every module in it imports the others inside
 functions or in a lucky order; the next top-level import breaks it. The
-graph counts every import, those inside functions too, so a circle hidden
-in a function is found as well."""
+graph (tests/package_imports.py, which test_dvc_stage.py reads the
+package's imports with too) counts every import, those inside functions
+too, so a circle hidden in a function is found as well, and every module,
+those of subpackages too."""
 
-import ast
-from pathlib import Path
-
-PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "handbone"
-
-
-def import_graph(folder: Path, package: str = "handbone") -> dict[str, set[str]]:
-    """{module: the package's modules it imports}, for every module of a flat package."""
-    modules = {path.stem for path in folder.glob("*.py")}
-    graph = {}
-    for path in sorted(folder.glob("*.py")):
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom):
-                # `from . import a, b`, `from .a import x`, `from handbone import a`, `from handbone.a import x`
-                if node.level == 1 or node.module == package or (node.module or "").startswith(package + "."):
-                    inner = node.module if node.level else (node.module or "").removeprefix(package)
-                    inner = (inner or "").lstrip(".")
-                    imported |= {inner.split(".")[0]} if inner else {alias.name for alias in node.names}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith(package + ".")}
-        graph[path.stem] = (imported & modules) - {path.stem}
-    return graph
+from package_imports import PACKAGE, import_graph
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -80,10 +60,10 @@ def _path_within(graph, group: set[str], start: str) -> list[str]:
 
 
 def test_no_module_of_the_package_imports_itself_round_a_circle():
-    graph = import_graph(PACKAGE)
-    assert len(graph) > 30 and "model" in graph["inference"]  # the graph is the package's
-    nested = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.glob("*/**/*.py"))
-    assert nested == [], f"import_graph reads a flat package; extend it to the subpackage modules {nested}"
+    graph = import_graph()
+    assert len(graph) > 30 and "model.py" in graph["inference.py"]  # the graph is the package's
+    files = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.glob("**/*.py"))
+    assert sorted(graph) == files, "import_graph must read every module of the package, its subpackages' too"
     found = circles(graph)
     assert found == [], "import circles: " + "; ".join(" -> ".join(circle) for circle in found)
 
@@ -94,5 +74,39 @@ def test_a_circle_closed_inside_a_function_is_found(tmp_path):
     (tmp_path / "c.py").write_text("import os\n\ndef other():\n    from handbone import a\n    return a\n")
     (tmp_path / "d.py").write_text("from . import a, c\nimport handbone.b\n")
     graph = import_graph(tmp_path)
-    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "b", "c"}}
-    assert circles(graph) == [["a", "b", "c", "a"]]
+    assert graph == {"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}, "d.py": {"a.py", "b.py", "c.py"}}
+    assert circles(graph) == [["a.py", "b.py", "c.py", "a.py"]]
+
+
+def test_a_circle_through_a_subpackage_is_found(tmp_path):
+    """A subpackage's modules and __init__ are read, their relative imports
+    resolved; importing a subpackage's module runs its __init__ first."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("def f():\n    from .sub.b import g\n    return g\n")
+    (tmp_path / "sub" / "__init__.py").write_text("from .b import g\n")
+    (tmp_path / "sub" / "b.py").write_text("from . import d\nfrom .. import c\n\ndef g():\n    return c, d\n")
+    (tmp_path / "sub" / "d.py").write_text("import os\n")
+    (tmp_path / "c.py").write_text("import handbone.a\n")
+    graph = import_graph(tmp_path)
+    assert graph == {
+        "a.py": {"sub/__init__.py", "sub/b.py"},
+        "c.py": {"a.py"},
+        "sub/__init__.py": {"sub/b.py"},
+        "sub/b.py": {"c.py", "sub/d.py"},
+        "sub/d.py": set(),
+    }
+    assert circles(graph) == [["a.py", "sub/b.py", "c.py", "a.py"]]
+
+
+def test_a_module_importing_from_its_own_package_closes_a_circle_only_through_its_names(tmp_path):
+    """A module's own package has started before the module runs: importing
+    its sibling modules is no circle, importing a name its __init__ defines is."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("from .b import g\n")
+    (tmp_path / "sub" / "b.py").write_text("from . import d\n\ndef g():\n    return d\n")
+    (tmp_path / "sub" / "d.py").write_text("import os\n")
+    assert circles(import_graph(tmp_path)) == []
+    (tmp_path / "sub" / "d.py").write_text("from . import g\n")
+    graph = import_graph(tmp_path)
+    assert graph["sub/d.py"] == {"sub/__init__.py"}
+    assert circles(graph) == [["sub/__init__.py", "sub/b.py", "sub/d.py", "sub/__init__.py"]]
