@@ -10,13 +10,14 @@ Measured on a finished run's results folder (the demo's, by default):
 - ``maps_s_per_mpix``: writing one image's probability maps (``.npz``) and
   reading the image, per megapixel;
 - ``dice_s_per_mpix``: validation's Dice of one image on the CPU;
-- ``rules``: each network-free rule's seconds per megapixel of the images
-  it reads, from the run's ``results/benchmarks`` (Snakemake's per-job
-  seconds) above ``rule_start_s`` (``estimate.measure_host``).
+- ``rules``: each network-free rule's seconds per image and per megapixel
+  of the images it reads, from the runs' benchmark records (Snakemake's
+  per-job seconds) above ``rule_start_s`` (``estimate.measure_host``): with
+  ``--also`` a second run at another image size separates the two.
 
 Usage:
   python benchmarks/host.py [--results results] [--configfile config.yaml] [--samples 40]
-      [--out workflow/handbone/costs/host.yaml]
+      [--also RESULTS CONFIGFILE ...] [--out workflow/handbone/costs/host.yaml]
 """
 
 import argparse
@@ -33,14 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 
-def start_seconds(modules: str) -> float:
-    """A fresh Python importing ``modules``: a job's start before its work."""
-    command = [sys.executable, "-c", f"import {modules}"]
+def start_seconds(code: str) -> float:
+    """A fresh Python running ``code``: a job's start before its work
+    (median of 3)."""
+    command = [sys.executable, "-c", code]
     env = {"PYTHONPATH": str(REPO / "workflow"), "PATH": ""}
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run(command, check=True, env=env)
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -56,6 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", default="results", help="a finished run's results folder")
     parser.add_argument("--configfile", nargs="+", default=["config.yaml"], help="the run's config files")
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("RESULTS", "CONFIGFILE"),
+        help="another finished run, at another image size, and its config files: the rules' times are then "
+        "fitted per image and per megapixel (repeatable)",
+    )
     parser.add_argument("--samples", type=int, default=40, help="training samples and images timed")
     parser.add_argument("--out", default="results/benchmarks/host.yaml")
     args = parser.parse_args()
@@ -69,12 +80,14 @@ def main() -> None:
 
     torch.set_num_threads(1)  # a loader worker's share; prediction's host work is one thread too
     results = Path(args.results)
-    values = config.load_config(args.configfile)
+    values = config.load_config(estimate.workflow_configs(args.configfile))
     folder = cache_folder(results)
     stems = sorted(path.name.removesuffix(".image.npy") for path in folder.glob("*.image.npy"))[: args.samples]
     host = yaml.safe_load(estimate.HOST_TABLE.read_text())
-    host["job_start_s"] = round(start_seconds("handbone.cli, handbone.train, handbone.predict"), 2)
-    host["rule_start_s"] = round(start_seconds("handbone.cli"), 2)
+    # Every job runs `python -m handbone <command>`, which builds the whole parser.
+    parser = "from handbone.cli import build_parser; build_parser()"
+    host["job_start_s"] = round(start_seconds(f"{parser}; import handbone.train, handbone.predict"), 2)
+    host["rule_start_s"] = round(start_seconds(parser), 2)
 
     builds = []
     for name, spec in config.model_specs(values).items():
@@ -122,7 +135,8 @@ def main() -> None:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(yaml.safe_dump(host, sort_keys=False))
-    host = estimate.measure_host(results, args.configfile, args.out, host_path=args.out)
+    runs = [(results, args.configfile)] + [(also[0], also[1:]) for also in args.also]
+    host = estimate.measure_host(runs, args.out, host_path=args.out)
     print(yaml.safe_dump(host, sort_keys=False))
     print(f"(host table: {args.out})")
 

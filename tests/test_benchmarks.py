@@ -174,7 +174,9 @@ def test_demo_run_dry_run_plans_the_demo_and_deletes_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_estimate_check_estimates_a_tiny_run_then_measures_it(tmp_path):
+def test_estimate_check_estimates_a_tiny_run_then_measures_it_and_host_measures_the_work_around_the_networks(
+    tmp_path,
+):
     from conftest import TINY_CONFIG
 
     config = {key: TINY_CONFIG[key] for key in ("synthetic", "cv", "train")}
@@ -197,3 +199,22 @@ def test_estimate_check_estimates_a_tiny_run_then_measures_it(tmp_path):
     estimated = _number(r"Wall time: estimated (\d+) s", output)
     measured = _number(r"Wall time: estimated \d+ s, measured (\d+) s", output)
     assert estimated > 0 and measured > 0
+    # The host table from that run: every cost measured, each rule's time per megapixel.
+    host = tmp_path / "host.yaml"
+    _run(
+        "host.py",
+        *("--results", str(tmp_path / "run" / "results"), "--configfile", str(configfile), "--samples", "4"),
+        *("--out", str(host)),
+    )
+    table = yaml.safe_load(host.read_text())
+    for key in (
+        "job_start_s",
+        "rule_start_s",
+        "model_build_s",
+        "sample_s_per_mpix",
+        "maps_s_per_mpix",
+        "dice_s_per_mpix",
+    ):
+        assert table[key] > 0, key
+    assert table["job_start_s"] > table["rule_start_s"]  # a network job imports torch too
+    assert table["rules"]["eda"]["s_per_mpix"] > 0 and table["rules"]["submission"]["s_per_mpix"] > 0

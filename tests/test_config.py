@@ -255,7 +255,12 @@ def test_snakemake_dry_run_of_the_competition_config_plans_no_flip_and_refuses_a
     dry_run = snakemake(tmp_path, "-n", "--cores", "2", configfile="competition.yaml", replace=False).stdout
     # The predict rules' JSON --options carry the resolved flip (auto: off with one-hand frames).
     assert '"hflip": false' in dry_run and '"hflip": true' not in dry_run and '"hflip": "auto"' not in dry_run
-    assert re.search(r"^predict_test\s+4$", dry_run, re.MULTILINE)
+    members = [
+        name
+        for name, spec in yaml.safe_load((REPO / "configs" / "competition.yaml").read_text())["models"].items()
+        if spec
+    ]
+    assert re.search(rf"^predict_test\s+{len(members)}$", dry_run, re.MULTILINE)
     # Flip TTA forced on: stopped while the workflow is read, before any job.
     _competition(tmp_path, predict={"hflip": True})
     result = snakemake(tmp_path, "-n", "--cores", "2", configfile="competition.yaml", replace=False, check=False)

@@ -363,19 +363,34 @@ class Coster:
         return self.host_rule_seconds(rule)
 
     def host_rule_seconds(self, rule: str) -> tuple[float, str]:
-        """A rule without a network: its measured start plus its seconds per
-        megapixel of the images it reads (per model where it reads every
-        model's maps)."""
+        """A rule without a network: its start plus its measured seconds per
+        image and per megapixel of what it reads (``rule_units``)."""
         base = re.sub(r"_pseudo$", "", rule)
         cost = self.rule_costs.get(base)
         if cost is None:
-            return self.host["job_start_s"], "no measured cost: a job start"
-        images = {"train": self.images.train, "test": self.images.test, "all": self.images.train + self.images.test}[
-            cost.get("images", "all")
-        ]
-        if cost.get("per_model"):
-            images *= len(self.specs)
-        return cost["fixed_s"] + self.images.megapixels(images) * cost["s_per_mpix"], f"{images} images"
+            return self.host["rule_start_s"], "no measured cost: a job's start"
+        count, megapixels, detail = rule_units(cost, self.values, self.images)
+        seconds = cost["fixed_s"] + count * cost.get("s_per_image", 0.0) + megapixels * cost.get("s_per_mpix", 0.0)
+        return seconds, detail
+
+
+def rule_units(cost: dict, values: dict, images: Images) -> tuple[float, float, str]:
+    """What a network-free rule's time grows with, by its host-table entry:
+    the ``images`` it reads (train, test, all, or the test images drawn as
+    overlays), times the models where it reads every model's maps
+    (``per_model``): (images, megapixels, description). ``fixed: true``: a
+    rule that reads tables only."""
+    if cost.get("fixed"):
+        return 0.0, 0.0, "fixed"
+    count = {
+        "train": images.train,
+        "test": images.test,
+        "all": images.train + images.test,
+        "overlays": min(images.test, values["predict"]["overlay_test_images"]),
+    }[cost.get("images", "all")]
+    if cost.get("per_model"):
+        count *= len(config.model_specs(values))
+    return count, images.megapixels(count), f"{count} images of {images.side:.0f} px"
 
 
 # ---------------------------------------------------------------- packing
@@ -547,30 +562,47 @@ def _jobs_of(values, configfiles, cores, gpus, pending, snakefile) -> list[Job]:
 # ------------------------------------------------------ host costs measured
 
 
-def measure_host(
-    results: str | Path, configfiles: list[str], out: str | Path, host_path: str | Path = HOST_TABLE
-) -> dict:
-    """The host table ``host_path`` with each network-free rule's seconds per
-    megapixel of what it reads, above a job's start (``rule_start_s``),
-    from a finished run's ``results/benchmarks`` (Snakemake's per-job
-    seconds), written to ``out`` (benchmarks/host.py)."""
+def measure_host(runs: list[tuple[str | Path, list[str]]], out: str | Path, host_path: str | Path = HOST_TABLE) -> dict:
+    """The host table ``host_path`` with each network-free rule's seconds
+    per image and per megapixel of what it reads, above a job's start
+    (``rule_start_s``), fitted on finished runs, written to ``out``
+    (benchmarks/host.py). ``runs``: (results folder, its config files); a
+    job's seconds are Snakemake's benchmark records, found through the dry
+    run of its configs. With runs of two image sizes both terms are fitted
+    (least squares, neither below 0); with one, the time per megapixel."""
+    import numpy as np
     import pandas as pd
 
-    results = Path(results)
-    values = config.load_config(workflow_configs(configfiles))
-    images = count_images(values)
     host = yaml.safe_load(Path(host_path).read_text())
+    observations: dict[str, list[tuple[float, float, float]]] = {rule: [] for rule in host["rules"]}
+    for results, configfiles in runs:
+        results = Path(results)
+        values = config.load_config(workflow_configs(configfiles))
+        images = count_images(values)
+        jobs = parse_dry_run(dry_run(configfiles, cores=2, gpus=1, pending=False))
+        for rule, cost in host["rules"].items():
+            records = [results.parent / job.benchmark for job in jobs if job.rule == rule and job.benchmark]
+            records = [record for record in records if record.is_file()]
+            count, megapixels, _ = rule_units(cost, values, images)
+            if records and count:
+                seconds = sum(float(pd.read_csv(record, sep="\t")["s"].iloc[-1]) for record in records) / len(records)
+                observations[rule].append((count, megapixels, max(0.0, seconds - host["rule_start_s"])))
     for rule, cost in host["rules"].items():
         cost["fixed_s"] = host["rule_start_s"]
-        tsv = results / "benchmarks" / f"{rule}.tsv"
-        if not tsv.is_file():
+        cost.pop("s_per_image", None)
+        cost.pop("s_per_mpix", None)
+        seen = np.array(observations[rule], dtype=float).reshape(-1, 3)
+        if not len(seen):
             continue
-        seconds = float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])
-        count = {"train": images.train, "test": images.test, "all": images.train + images.test}[
-            cost.get("images", "all")
-        ]
-        if cost.get("per_model"):
-            count *= len(config.model_specs(values))
-        cost["s_per_mpix"] = round(max(0.0, seconds - cost["fixed_s"]) / max(images.megapixels(count), 1e-9), 3)
+        sizes = {round(megapixels / count, 6) for count, megapixels, _ in seen}
+        if len(sizes) > 1:
+            per_image, per_mpix = np.linalg.lstsq(seen[:, :2], seen[:, 2], rcond=None)[0]
+            if per_image < 0 or per_mpix < 0:  # one term explains it: refit that one alone
+                column = 1 if per_image < 0 else 0
+                fitted = float(seen[:, column] @ seen[:, 2] / (seen[:, column] @ seen[:, column]))
+                per_image, per_mpix = (0.0, fitted) if column == 1 else (fitted, 0.0)
+            cost["s_per_image"], cost["s_per_mpix"] = round(float(per_image), 4), round(float(per_mpix), 4)
+        else:
+            cost["s_per_mpix"] = round(float(seen[:, 2].sum() / seen[:, 1].sum()), 4)
     Path(out).write_text(yaml.safe_dump(host, sort_keys=False))
     return host
