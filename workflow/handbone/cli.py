@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import typing
 from pathlib import Path
@@ -108,7 +107,7 @@ def cmd_estimate(args) -> None:
         args.configfile,
         args.costs,
         args.gpus,
-        args.cores,
+        args.cores or estimate.default_cores(args.costs, args.gpus),
         pending=args.pending,
         images=images,
         host_path=args.host,
@@ -531,7 +530,10 @@ def _config_commands(commands) -> None:
     )
     sub.add_argument("--gpus", type=int, default=1, help="GPU slots, as --resources gpu=N (default: 1)")
     sub.add_argument(
-        "--cores", type=int, default=os.cpu_count() or 1, help="cores, as snakemake --cores (default: this machine's)"
+        "--cores",
+        type=int,
+        help="cores, as snakemake --cores (default: 8 per GPU slot with a GPU table, the server the estimate "
+        "plans for, as `--cores 24 --resources gpu=3`; this machine's with the cpu table)",
     )
     sub.add_argument(
         "--pending", action="store_true", help="only the jobs still to run here (default: the whole run, --forceall)"

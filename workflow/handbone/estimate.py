@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -209,6 +210,15 @@ def cost_table_path(device: str) -> Path:
         names = sorted(table.stem for table in COSTS_DIR.glob("*.yaml") if table.stem != "host")
         raise ConfigError(f"no cost table {device!r}: use one of {', '.join(names)} or a .yaml file")
     return shipped
+
+
+def default_cores(device: str, gpus: int) -> int:
+    """The cores an estimate assumes when none are given: with a GPU table,
+    8 per GPU slot (the server it plans for, as the README's `--cores 24
+    --resources gpu=3`); with a CPU table, this machine's."""
+    if read_table(cost_table_path(device)).get("gpu"):
+        return 8 * gpus
+    return os.cpu_count() or 1
 
 
 def read_table(path: Path) -> dict:
