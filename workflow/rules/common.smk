@@ -79,7 +79,7 @@ def job_round(wildcards):
 
 
 def in_round(pattern, every=()):
-    """An input function for a rule that every round runs: ``pattern``
+    """An input function for the rules every round runs, giving ``pattern``
     under the folder of the job's round (``round_dir``), its {model} and
     {fold} the job's own or, those named in ``every``, each of the round's
     models (``round_models``) or each fold (then a list). pseudo.smk's
