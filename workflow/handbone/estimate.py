@@ -11,10 +11,10 @@ Each job's seconds come from a cost table:
   on the user's own device (``--costs-out``); tables of published figures
   for V100 16 GB and A100 ship in ``handbone/costs/``, each figure with its
   source;
-- per host (``host``): the CPU work around the networks (a job's start,
-  reading and augmenting a training sample, writing an image's maps) and
-  the seconds per image of the rules without a network, measured on a run
-  (``handbone estimate --measure-host RESULTS``).
+- per host (``host.yaml``): the CPU work around the networks (a job's
+  start, reading and augmenting a training sample, writing an image's
+  maps) and the seconds per image and per megapixel of the rules without a
+  network, measured on finished runs (``benchmarks/host.py``).
 
 A window costs in proportion to its pixels (convolutions, and windowed
 attention at a fixed window size, are linear in them). The jobs are then
@@ -47,7 +47,6 @@ HOST_TABLE = COSTS_DIR / "host.yaml"
 # The competition's data (docs/data.md): used when data.root is set but not
 # on this machine, e.g. when planning a run on a laptop.
 COMPETITION_IMAGES = {"train": 800, "test": 300, "side": 2048}
-GPU_RULES = ("train", "predict", "pseudo_label")
 
 
 @dataclass
