@@ -467,8 +467,8 @@ class Estimate:
     images: Images
     memory: list[tuple[str, int, int, float | None]]  # model, batch, window, peak GiB
 
-    def rule_rows(self) -> list[tuple[str, int, bool, float, float]]:
-        """(rule, jobs, GPU, hours in all, hours of its longest job)."""
+    def rule_rows(self) -> list[tuple[str, int, bool, float, Job]]:
+        """(rule, jobs, GPU, hours in all, its longest job)."""
         rows: dict[str, list[Job]] = {}
         for job in self.jobs:
             rows.setdefault(job.rule, []).append(job)
@@ -478,7 +478,7 @@ class Estimate:
                 len(group),
                 group[0].gpu,
                 sum(job.seconds for job in group) / 3600,
-                max(job.seconds for job in group) / 3600,
+                max(group, key=lambda job: job.seconds),
             )
             for rule, group in rows.items()
         ]
@@ -490,11 +490,13 @@ class Estimate:
             f"Images: {self.images.train} training, {self.images.test} test, "
             f"{self.images.side:.0f} px frames ({self.images.source})",
             "",
-            "| rule | jobs | GPU | hours, all jobs | hours, longest job |",
-            "|---|---:|:---:|---:|---:|",
+            "| rule | jobs | GPU | hours, all jobs | hours, longest job | longest job |",
+            "|---|---:|:---:|---:|---:|---|",
         ]
         for rule, count, gpu, hours, longest in self.rule_rows():
-            lines.append(f"| {rule} | {count} | {'yes' if gpu else ''} | {hours:.2f} | {longest:.2f} |")
+            lines.append(
+                f"| {rule} | {count} | {'yes' if gpu else ''} | {hours:.2f} | {longest.seconds / 3600:.2f} | {longest.detail} |"
+            )
         gpu_hours = sum(job.seconds for job in self.jobs if job.gpu) / 3600
         lines += [
             "",
