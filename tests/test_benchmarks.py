@@ -164,6 +164,32 @@ def test_compare_runs_prints_each_class_and_applies_the_rule(tmp_path):
     assert "|   none OOF |" in markdown and "| mean " in markdown
 
 
+def test_one_hand_benchmark_runs_each_setting_and_summarises_per_hand_size(tmp_path):
+    table = tmp_path / "one_hand.csv"
+    arguments = (
+        *("--seeds", "1", "--sizes", "small", "--settings", "none", "both", "--epochs", "1"),
+        *("--train-people", "4", "--test-people", "1", "--image-size", "128", "--input-size", "64", "--folds", "2"),
+        *("--work", str(tmp_path / "work"), "--table", str(table)),
+    )
+    output = _run("one_hand.py", *arguments)
+    rows = pd.read_csv(table)
+    assert len(rows) == 2 * len(CLASSES) and set(rows["setting"]) == {"none", "both"}
+    assert rows["dice"].between(0, 1).all()
+    assert "small hands (1 seeds), held-out Dice:" in output
+    both = rows[rows["setting"] == "both"]["dice"].mean() - rows[rows["setting"] == "none"]["dice"].mean()
+    assert re.search(rf"^both\s+[\d.]+\s+\([\d.]+\); vs none: {both:+.4f}, \d+ classes lose", output, re.MULTILINE), output
+    # Each setting's own frames: left hands mirrored and hands cropped only in the shipped default.
+    work = tmp_path / "work" / "seed1_small"
+    both, none = (pd.read_csv(work / setting / "frames.csv") for setting in ("both", "none"))
+    assert both["flip"].any() and not none["flip"].any()
+    assert (both["bottom"] - both["top"] < both["height"]).any() and (none["bottom"] - none["top"] == none["height"]).all()
+    # A second call reuses the scored runs instead of training again.
+    model = work / "none" / "model" / "model.pt"
+    trained = model.stat().st_mtime_ns
+    assert _run("one_hand.py", *arguments).splitlines()[-4:] == output.splitlines()[-4:]
+    assert model.stat().st_mtime_ns == trained
+
+
 def test_demo_run_dry_run_plans_the_demo_and_deletes_nothing(tmp_path):
     # The real run takes about 17 minutes and empties results/; -n only plans it
     # (here in an empty folder, so the plan is the whole demo).
