@@ -122,7 +122,18 @@ def run_setting(data: Path, setting: str, args, config: dict) -> Path:
         log=log,
     )
     cache = run / "cache"
-    handbone("preprocess", "--index", index, "--frames", frames, "--options", json.dumps(preprocess), "--out", str(cache), log=log)
+    handbone(
+        "preprocess",
+        "--index",
+        index,
+        "--frames",
+        frames,
+        "--options",
+        json.dumps(preprocess),
+        "--out",
+        str(cache),
+        log=log,
+    )
     train = {**config["train"], "epochs": args.epochs, "val_every": args.epochs, "input_size": args.input_size}
     # What `auto` resolves to (config.py): flips only while hands keep both sides.
     flip = preprocess["unify_side"] != "right"

@@ -177,12 +177,16 @@ def test_one_hand_benchmark_runs_each_setting_and_summarises_per_hand_size(tmp_p
     assert rows["dice"].between(0, 1).all()
     assert "small hands (1 seeds), held-out Dice:" in output
     both = rows[rows["setting"] == "both"]["dice"].mean() - rows[rows["setting"] == "none"]["dice"].mean()
-    assert re.search(rf"^both\s+[\d.]+\s+\([\d.]+\); vs none: {both:+.4f}, \d+ classes lose", output, re.MULTILINE), output
+    assert re.search(rf"^both\s+[\d.]+\s+\([\d.]+\); vs none: {both:+.4f}, \d+ classes lose", output, re.MULTILINE), (
+        output
+    )
     # Each setting's own frames: left hands mirrored and hands cropped only in the shipped default.
     work = tmp_path / "work" / "seed1_small"
     both, none = (pd.read_csv(work / setting / "frames.csv") for setting in ("both", "none"))
     assert both["flip"].any() and not none["flip"].any()
-    assert (both["bottom"] - both["top"] < both["height"]).any() and (none["bottom"] - none["top"] == none["height"]).all()
+    assert (both["bottom"] - both["top"] < both["height"]).any() and (
+        none["bottom"] - none["top"] == none["height"]
+    ).all()
     # A second call reuses the scored runs instead of training again.
     model = work / "none" / "model" / "model.pt"
     trained = model.stat().st_mtime_ns
