@@ -157,6 +157,31 @@ def test_fetch_weights_is_the_one_command_that_asks_the_hub(pretrained_cache, tm
     assert listed["models"] == {"pretrained": {"encoder": PRETRAINED["encoder"], "hub": TIMM_REPO}}
 
 
+CHECK_CONFIG_MODELS = """
+from handbone.cli import main
+result = {"code": main([*sys.argv[1:-2], "check-models", "--configfile", sys.argv[-2], "--configfile", sys.argv[-1]])}
+"""
+
+
+def test_check_models_checks_a_configs_models_offline_and_names_every_missing_hub_repo(pretrained_cache, tmp_path):
+    import yaml
+
+    cache, _ = pretrained_cache
+    overlay = {"models": {"unet_mobilenetv3": None, "pretrained": PRETRAINED}, "weights": {"cache_dir": str(cache)}}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    passed = run_isolated(CHECK_CONFIG_MODELS, REPO / "config.yaml", tmp_path / "overlay.yaml")
+    assert (passed["code"], passed["attempts"]) == (0, 0) and "models.pretrained builds" in passed["log"]
+    # The second team's recipe with an empty cache: every member's hub repo, SAM2's among them, and the fetch command.
+    empty = ("--weights-cache", str(tmp_path / "empty"))
+    failed = run_isolated(CHECK_CONFIG_MODELS, *empty, REPO / "config.yaml", REPO / "configs" / "second_team.yaml")
+    assert (failed["code"], failed["attempts"]) == (1, 0)
+    members = yaml.safe_load((REPO / "configs" / "second_team.yaml").read_text())["models"]
+    for name, spec in members.items():
+        if spec:
+            assert f"models.{name}: {spec['encoder']}" in failed["log"]
+    assert "(timm/sam2_hiera_large.fb_r1024)" in failed["log"] and "handbone fetch-weights" in failed["log"]
+
+
 def test_nnunet_is_planned_from_the_input_size_like_nnunet():
     network = build_nnunet(1024)
     assert network.filters == [32, 64, 128, 256, 512, 512, 512, 512, 512]  # halved down to 4 px, capped at 512
@@ -228,6 +253,7 @@ def test_deep_supervision_heads_are_added_with_halving_weights():
         {"arch": "Unet", "encoder": "tu-hrnet_w18_small"},
         {"arch": "DeepLabV3Plus", "encoder": "resnet18"},
         TINY_NNUNET,
+        {"arch": "SAM2UNet", "encoder": "tu-sam2_hiera_tiny"},  # SAM2-UNet, encoder frozen with adapters
     ],
     ids=lambda spec: f"{spec['arch']}-{spec.get('encoder', '')}",
 )
@@ -244,6 +270,85 @@ def test_the_winners_architectures_pass_the_check_and_train_one_step(spec):
     optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters()))
+
+
+SAM2_TINY = {
+    "arch": "SAM2UNet",
+    "encoder": "tu-sam2_hiera_tiny",
+    "encoder_weights": None,
+    "kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+}
+
+
+def test_sam2_unet_trains_adapters_decoder_and_head_with_the_encoder_frozen_or_all_of_it_fine_tuned(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(SAM2_TINY, 64).train()
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    encoder = {name for name in trainable if name.startswith("encoder.")}
+    # Hiera-T has 12 blocks: one adapter (down, up) in front of each, nothing else of the encoder trains.
+    assert encoder and all(".adapter." in name for name in encoder)
+    assert len([name for name in encoder if name.endswith("adapter.0.weight")]) == 12
+    assert any(name.startswith("decoder.") for name in trainable)
+    assert any(name.startswith("segmentation_head.") for name in trainable)
+    # One optimiser step over all parameters, as training takes them: the frozen weights stay.
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    make_loss({"dice": 1.0, "bce": 1.0})(
+        model(torch.randn(2, 3, 64, 64)), (torch.rand(2, 29, 64, 64) > 0.5).float()
+    ).backward()
+    optimizer.step()
+    moved = {name for name, parameter in model.named_parameters() if not torch.equal(before[name], parameter)}
+    assert moved == trainable
+    # The checkpoint rebuilds the same network, adapters included.
+    save_checkpoint(tmp_path / "model.pt", model.eval(), {"model": SAM2_TINY, "input_size": 64, "input_mode": "resize"})
+    loaded, _ = load_checkpoint(tmp_path / "model.pt", "cpu")
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(image), model(image))
+    # adapters: false fine-tunes the whole network and has no adapters.
+    tuned = build_model({**SAM2_TINY, "kwargs": {**SAM2_TINY["kwargs"], "adapters": False}}, 64)
+    assert all(parameter.requires_grad for parameter in tuned.parameters())
+    assert not any(".adapter." in name for name, _ in tuned.named_parameters())
+    # Hiera pads its attention windows: any multiple of 32 passes the check.
+    assert check_model(SAM2_TINY, 96, [96, 160, 224], batch_size=2) > 0
+    with pytest.raises(ValueError, match="takes a SAM2 Hiera encoder"):
+        build_model({**SAM2_TINY, "encoder": f"tu-{TIMM_ENCODER}"}, 64)
+    with pytest.raises(ValueError, match="adapters must be true or false"):
+        build_model({**SAM2_TINY, "kwargs": {"adapters": "yes"}}, 64)
+
+
+SAM2_REPO = "timm/sam2_hiera_tiny.fb_r896"
+LOAD_SAM2 = """
+import torch
+from safetensors.torch import load_file
+from handbone.cli import use_weights_cache
+from handbone.model import build_model
+use_weights_cache(sys.argv[1], online=False)
+model = build_model(json.loads(sys.argv[2]), 64)
+expected = load_file(sys.argv[3])
+# The encoder's keys as timm saves the network: without the features wrapper
+# (model.) and the adapters' wrapper (block.); the adapters are new.
+loaded = {key.removeprefix("model.").replace(".block.", "."): value
+          for key, value in model.encoder.model.state_dict().items() if ".adapter." not in key}
+result = {"compared": len([key for key in loaded if key in expected]), "parameters": len(loaded),
+          "different": [key for key in loaded if key in expected and not torch.equal(loaded[key], expected[key])]}
+"""
+
+
+def test_sam2_unet_loads_sam2_weights_offline_from_the_cache(tmp_path):
+    import timm
+
+    weights = recognisable_weights(timm.create_model("sam2_hiera_tiny").state_dict())
+    snapshot = fill_hub_cache(tmp_path, SAM2_REPO, {"model.safetensors": weights})
+    spec = {**SAM2_TINY, "encoder": "tu-sam2_hiera_tiny.fb_r896", "encoder_weights": True}
+    result = run_isolated(LOAD_SAM2, tmp_path, json.dumps(spec), snapshot / "model.safetensors")
+    assert result["compared"] == result["parameters"] > 100
+    assert result["different"] == [] and result["attempts"] == 0
+    # With the cache empty the model check names SAM2's hub repo and the command that fetches it.
+    failed = run_isolated(
+        CHECK_MODELS, tmp_path / "empty", "check-models", json.dumps({"sam2_unet": spec}), "{}", tmp_path / "out.json"
+    )
+    assert failed["code"] == 1 and SAM2_REPO in failed["log"] and "handbone fetch-weights" in failed["log"]
 
 
 def test_combinations_that_cannot_work_are_refused_with_the_reason():

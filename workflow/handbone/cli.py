@@ -87,8 +87,18 @@ def cmd_preprocess(args) -> None:
 def cmd_check_models(args) -> None:
     from .model import check_models
 
-    models = {name: config.model_spec(spec, f"--models: models.{name}") for name, spec in args.models.items()}
-    check_models(models, args.options, args.scales, args.out)
+    if (args.models is None) == (not args.configfile):
+        raise ConfigError("check-models takes either --configfile or --models (with --options and --scales)")
+    if args.configfile:
+        values = config.load_config(args.configfile)
+        use_weights_cache(args.weights_cache or values["weights"]["cache_dir"], online=False)
+        models = config.model_specs(values)
+        options = {name: config.train_options(values, name) for name in models}
+        scales = values["predict"]["scales"]
+    else:
+        models = {name: config.model_spec(spec, f"--models: models.{name}") for name, spec in args.models.items()}
+        options, scales = args.options, args.scales or config.default("predict.scales")
+    check_models(models, options, scales, args.out)
 
 
 def cmd_check_config(args) -> None:
@@ -557,22 +567,29 @@ def _model_commands(commands) -> None:
         "build every configured model once with its weights and check its input sizes, before any training",
     )
     sub.add_argument(
-        "--models", type=_json, required=True, help="JSON {name: {arch, encoder, encoder_weights, kwargs}}"
+        "--configfile",
+        action="append",
+        help="config file(s), merged in order as for fetch-weights (e.g. config.yaml, then configs/second_team.yaml): "
+        "check every model they configure with its training options and test-time scales, reading the weights "
+        "cache weights.cache_dir unless --weights-cache is given. Instead of --models",
+    )
+    sub.add_argument(
+        "--models", type=_json, help="JSON {name: {arch, encoder, encoder_weights, kwargs}} (the workflow's gate)"
     )
     sub.add_argument(
         "--options",
         type=_json,
         default={},
-        help="JSON {name: training options}: input size and mode, batch size (what they leave out: config.yaml's)",
+        help="with --models: JSON {name: training options}: input size and mode, batch size "
+        "(what they leave out: config.yaml's)",
     )
     sub.add_argument(
         "--scales",
         type=float,
         nargs="+",
-        default=config.default("predict.scales"),
-        help="test-time scales (resize-mode models see each; default: %(default)s)",
+        help=f"with --models: test-time scales (resize-mode models see each; default: {config.default('predict.scales')})",
     )
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--out", help="JSON file for {parameters: {model: count}} (default: none written)")
 
     sub = _command(
         commands,

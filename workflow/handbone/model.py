@@ -34,6 +34,14 @@ NNUNET_OPTIONS = {
     "max_features": 512,
     "min_feature_map": 4,
 }
+# The arch name of SAM2-UNet (Segment Anything 2's Hiera encoder under a
+# U-Net decoder), and its options (models.<name>.kwargs) besides the
+# U-Net's own: the paper's training (encoder frozen, a bottleneck adapter
+# of adapter_dim features before each Hiera block) or, with adapters:
+# false, the whole network fine-tuned.
+SAM2_UNET = "SAM2UNet"
+SAM2_UNET_OPTIONS = {"adapters": True, "adapter_dim": 32}
+SAM2_ENCODER_PREFIX = "tu-sam2_hiera"
 # encoder_weights strings that name a local file rather than a library's weights.
 LOCAL_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -250,6 +258,70 @@ def _build_nnunet_member(spec: dict, input_size: int | None) -> torch.nn.Module:
     return build_nnunet(input_size, **(spec.get("kwargs") or {}))
 
 
+class BlockAdapter(torch.nn.Module):
+    """A frozen Hiera block whose input first gets a trainable bottleneck
+    added (SAM2-UNet's adapter: linear down to ``width`` features, GELU,
+    linear back up, GELU). Hiera's blocks take channels-last maps
+    (batch, height, width, features), so the linear layers act on the
+    features."""
+
+    def __init__(self, block: torch.nn.Module, features: int, width: int):
+        super().__init__()
+        self.block = block
+        self.adapter = torch.nn.Sequential(
+            torch.nn.Linear(features, width),
+            torch.nn.GELU(),
+            torch.nn.Linear(width, features),
+            torch.nn.GELU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x + self.adapter(x))
+
+
+def build_sam2_unet(spec: dict, input_size: int | None) -> torch.nn.Module:
+    """SAM2-UNet: an smp U-Net around a SAM2 Hiera encoder (``encoder:
+    tu-sam2_hiera_<tiny|small|base_plus|large>[.<tag>]``, its SAM2 weights
+    from the hub cache like every timm encoder). With ``adapters`` (the
+    default, as the paper trains it) the encoder's weights are frozen and
+    each Hiera block gets a ``BlockAdapter``; the adapters, decoder and
+    head train. Other kwargs go to the U-Net (e.g. decoder_channels)."""
+    import segmentation_models_pytorch as smp
+
+    encoder = str(spec.get("encoder"))
+    if not encoder.startswith(SAM2_ENCODER_PREFIX):
+        raise ConfigError(
+            f"{SAM2_UNET} takes a SAM2 Hiera encoder ({SAM2_ENCODER_PREFIX}_tiny, _small, _base_plus or _large), "
+            f"not {encoder!r}"
+        )
+    options = {**SAM2_UNET_OPTIONS, **(spec.get("kwargs") or {})}
+    adapters, width = options.pop("adapters"), options.pop("adapter_dim")
+    if not isinstance(adapters, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(
+            f"{SAM2_UNET}: adapters must be true or false and adapter_dim a positive integer, "
+            f"not {adapters!r} and {width!r}"
+        )
+    model = build_smp(smp.Unet, {**spec, "kwargs": options}, input_size)
+    if adapters:
+        add_block_adapters(model.encoder, width)
+    return model
+
+
+def add_block_adapters(encoder: torch.nn.Module, width: int) -> None:
+    """Freeze ``encoder`` and put a BlockAdapter around each of its Hiera blocks."""
+    from timm.models.hieradet_sam2 import MultiScaleBlock
+
+    encoder.requires_grad_(False)
+    blocks = [name for name, module in encoder.named_modules() if isinstance(module, MultiScaleBlock)]
+    if not blocks:
+        raise ConfigError(f"{SAM2_UNET}: the encoder has no Hiera blocks to put adapters in")
+    for name in blocks:
+        parent_name, _, child = name.rpartition(".")
+        parent = encoder.get_submodule(parent_name)
+        block = parent.get_submodule(child)
+        setattr(parent, child, BlockAdapter(block, block.dim, width))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """An entry of ``architectures()``: ``build(spec, input_size)`` makes the
@@ -264,7 +336,8 @@ class Architecture:
 def architectures() -> dict[str, Architecture]:
     """The architectures ``models.<name>.arch`` may name, by name: every one
     segmentation-models-pytorch's ``create_model`` knows (taken from its own
-    table, so a new release's architectures come with it), and nnUNet. A
+    table, so a new release's architectures come with it), nnUNet and
+    SAM2UNet. A
     new member is one entry here; its builder may wrap ``build_smp``, e.g.
     an smp Unet whose encoder it then freezes. Built on first use, as
     importing segmentation-models-pytorch takes seconds."""
@@ -275,6 +348,7 @@ def architectures() -> dict[str, Architecture]:
         for model_class in smp.MODEL_ARCHITECTURES_MAPPING.values()
     }
     members[NNUNET] = Architecture(_build_nnunet_member, pretrained_encoder=False)
+    members[SAM2_UNET] = Architecture(build_sam2_unet)
     return members
 
 
@@ -493,7 +567,8 @@ def check_models(models: dict, options: dict, scales, out) -> dict[str, int]:
     """``handbone check-models``: build every model once with its weights
     and run its input sizes (``check_model``); one ConfigError names every
     model that cannot work, and every missing pretrained weight with the
-    command that fetches it. Writes {"parameters": {model: count}} to ``out``."""
+    command that fetches it. Writes {"parameters": {model: count}} to ``out``
+    (when given)."""
     from . import config
     from .atomic import write_json
 
@@ -517,7 +592,8 @@ def check_models(models: dict, options: dict, scales, out) -> dict[str, int]:
         )
     if problems:
         raise ConfigError("; ".join(problems))
-    write_json({"parameters": sizes}, out)
+    if out:
+        write_json({"parameters": sizes}, out)
     for name, size in sizes.items():
         log.info("models.%s builds: %.1f M parameters", name, size / 1e6)
     return sizes
