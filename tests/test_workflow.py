@@ -384,6 +384,36 @@ def test_competition_config_plans_three_models_by_five_folds(tmp_path):
         assert trained == {"unet_hrnet_w48", "nnunet", "deeplabv3plus_resnet50"}
 
 
+def test_second_team_config_plans_five_members_by_five_folds_and_a_pseudo_label_round(tmp_path):
+    from handbone.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "set", SyntheticConfig(train_people=5, test_people=1, image_size=64), progress=False)
+    config = yaml.safe_load((REPO / "configs" / "second_team.yaml").read_text())
+    config["data"]["root"] = str(root / "data")  # the real root is not on this machine
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    members = {name for name, spec in config["models"].items() if spec}
+    dry_run = snakemake(tmp_path, "-n", "-p", "--cores", "24", "--resources", "gpu=3", replace=False).stdout
+    plan = planned_jobs(dry_run)
+    assert len(members) == 5 and "demo_data" not in plan
+    assert plan["train"] == "25" and plan["train_pseudo"] == "25" and plan["pseudo_label"] == "5"
+    assert plan["predict_test"] == "5" and plan["predict_test_pseudo"] == "5"
+    assert plan["submission"] == plan["submission_pseudo"] == "1"
+    for rule in ("train", "train_pseudo"):
+        trained = {
+            re.search(r"results/(?:pseudo/round2/)?models/([^/]+)/", outputs[0]).group(1)
+            for name, _, outputs in dry_run_jobs(dry_run)
+            if name == rule
+        }
+        assert trained == members, rule
+    # The members' masks are combined by a vote, every hand a right one, no flip TTA.
+    assert (
+        "fit-ensemble" in dry_run
+        and "--mode hard" in dry_run
+        and '"hflip": false' in dry_run
+        and '"hflip": true' not in dry_run
+    )
+
+
 def test_the_model_check_gates_only_runs_with_jobs_of_that_model(tmp_path):
     """Without the pretrained weights a model needs, the data stages (no
     model involved) still run; the first run that would train it stops
