@@ -293,7 +293,8 @@ def _write_results(tmp_path, holdout=0.8123, models=("unet", "hrnet")):
                 "thresholds": [0.35] + [0.5] * 28,
                 "min_area": [0] * NUM_CLASSES,
                 "largest": [True] * 3 + [False] * 26,
-                "steps_kept": {"thresholds": True, "remove_small": False, "largest_component": True},
+                "sigma": [2.0, 2.0, 1.0] + [0.0] * 26,
+                "steps_kept": {"smoothing": True, "thresholds": True, "remove_small": False, "largest_component": True},
                 "fitted_on_images": 3,
             }
         )
@@ -353,6 +354,7 @@ def test_summary_shows_the_numbers_of_the_run_files(tmp_path):
         assert number in html, number
     assert "ensemble + small components removed (not kept)" in html
     assert "thresholds 0.35 to 0.50" in text and "largest piece in 3 classes" in text
+    assert "smooths the maps of 3 classes (Gaussian sigma 1 to 2 px)" in text
     assert "best model alone (hrnet)" in html
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from handbone import probmaps
+from handbone import probmaps, rle
 from handbone.ensemble import combine, ensemble_maps
 from handbone.fitting import fit_ensemble, fit_postprocess, oof_maps, oof_summary, score_table
 from handbone.masks import pack_mask
-from handbone.postprocess import PostprocessParams, class_mask
+from handbone.overlays import masks_of
+from handbone.postprocess import PostprocessParams, class_mask, smoothed
 
 SHAPE = (29, 12, 16)
 
@@ -139,6 +140,7 @@ def test_postprocessing_is_fitted_on_oof_and_steps_that_buy_nothing_are_dropped(
     ensemble = {"mode": "uniform", "models": ["m"], "weights": [[1.0]] * 29}
     options = {
         "threshold": 0.5,
+        "smooth": False,
         "fit_thresholds": True,
         "threshold_grid": [0.3, 0.5, 0.7],
         "remove_small": True,
@@ -157,6 +159,63 @@ def test_postprocessing_is_fitted_on_oof_and_steps_that_buy_nothing_are_dropped(
     assert rows["ensemble + small components removed"] == pytest.approx(1.0)
     assert rows["ensemble, threshold 0.5"] == pytest.approx(2 * 36 / 73, abs=1e-4)
     json.dumps(params.to_dict())  # frozen as JSON
+
+
+def test_smoothing_is_fitted_per_class_and_kept_where_it_buys_dice(tmp_path):
+    # Class 0: a square whose map has holes and specks (pixel noise) that a
+    # Gaussian fills and spreads below the threshold. Class 1: a line one
+    # pixel wide that any smoothing erases, so it keeps its map as it is.
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[0, 2:10, 2:10] = 1
+    truth[1, 6, 2:14] = 1
+    prediction = np.zeros(SHAPE, np.float32)
+    prediction[0] = truth[0] * 0.9
+    prediction[0, 3, 4] = prediction[0, 6, 7] = prediction[0, 8, 3] = 0.1  # holes
+    prediction[0, 1, 13] = prediction[0, 10, 12] = 0.9  # specks
+    prediction[1] = truth[1] * 0.9
+    images, cache = _oof_setup(tmp_path, {"m": prediction}, truth)
+    ensemble = {"mode": "uniform", "models": ["m"], "weights": [[1.0]] * 29}
+    options = {"smooth": True, "sigma_grid": [1, 4], "fit_thresholds": False, "remove_small": False}
+    options["largest_component"] = False
+    params, table, kept = fit_postprocess(images, ["m"], cache, ensemble, options, progress=False)
+    assert kept["smoothing"] is True and params.sigma[0] == 1.0 and params.sigma[1] == 0.0
+    rows = table.set_index("step")
+    assert rows.loc["ensemble, threshold 0.5", "finger-1"] == pytest.approx(2 * 61 / (63 + 64), abs=1e-4)
+    assert rows.loc["ensemble + smoothing", "finger-1"] > rows.loc["ensemble, threshold 0.5", "finger-1"]
+    assert rows.loc["ensemble + smoothing", "finger-2"] == pytest.approx(1.0)
+    # The frozen parameters reproduce the fitted score when the submission applies them.
+    masks = masks_of(probmaps.load_quantized(images[0][1]["m"]), params)
+    overlap = (masks[0] & truth[0].astype(bool)).sum()
+    assert 2 * overlap / (masks[0].sum() + truth[0].sum()) == pytest.approx(
+        rows.loc["ensemble + smoothing", "finger-1"], abs=1e-4
+    )
+    # Smoothing that buys nothing is dropped: a clean map.
+    clean = {"m": truth.astype(np.float32) * 0.9}
+    (tmp_path / "clean").mkdir()
+    images, cache = _oof_setup(tmp_path / "clean", clean, truth)
+    params, _, kept = fit_postprocess(images, ["m"], cache, ensemble, options, progress=False)
+    assert kept["smoothing"] is False and params.sigma == [0.0] * 29
+
+
+def test_smoothed_crops_give_the_masks_of_the_smoothed_image(tmp_path):
+    from handbone.submission import image_rles
+
+    rng = np.random.default_rng(0)
+    probabilities = np.zeros((29, 40, 50), np.float32)
+    probabilities[0, 5:20, 8:30] = rng.uniform(0.3, 1.0, (15, 22))  # inside the image
+    probabilities[1, 30:40, 0:12] = rng.uniform(0.3, 1.0, (10, 12))  # against two borders
+    probmaps.save(tmp_path / "img.npz", probabilities, "img.png")
+    params = PostprocessParams.plain(0.5)
+    params.sigma[0], params.sigma[1] = 2.0, 3.0
+    # The stored crops, each grown by 3 sigma and smoothed, against the whole map smoothed.
+    whole = masks_of(probmaps.load_quantized(tmp_path / "img.npz"), params)
+    rles = image_rles(tmp_path / "img.npz", params)
+    for number in (0, 1):
+        assert rles[number] == rle.encode(whole[number])
+    assert whole[0].sum() > 0 and (whole[0] != masks_of(probmaps.load_quantized(tmp_path / "img.npz"))[0]).any()
+    (top, bottom, left, right), crop = smoothed((5, 20, 8, 30), np.full((15, 22), 200, np.uint8), 2.0, (40, 50))
+    assert (top, bottom, left, right) == (0, 26, 2, 36) and crop.shape == (26, 34)
+    assert smoothed((5, 20, 8, 30), np.full((15, 22), 200, np.uint8), 0.0, (40, 50))[0] == (5, 20, 8, 30)
 
 
 def test_a_missing_oof_map_is_an_error(tmp_path):

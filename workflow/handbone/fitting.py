@@ -25,7 +25,7 @@ from .data import read_folds, usable_images
 from .ensemble import combine, uniform_weights, union_box
 from .errors import ConfigError, DataError, MissingInput
 from .metrics import SMOOTH
-from .postprocess import PostprocessParams, component_areas, kept_components, threshold_cut
+from .postprocess import PostprocessParams, component_areas, kept_components, smoothed, threshold_cut
 
 log = logging.getLogger("handbone")
 
@@ -179,19 +179,21 @@ def _best_per_class(scores: np.ndarray, default: int) -> np.ndarray:
 def fit_postprocess(
     images, models: list[str], cache_dir: str | Path, ensemble: dict, options: dict, progress: bool = True
 ) -> tuple[PostprocessParams, pd.DataFrame, dict]:
-    """Fit thresholds, then small-component removal, then largest-component,
-    each kept only if it passes ``_accept`` on the OOF maps of the ensemble.
-    ``options``: the config's postprocess section (missing keys take
-    config.yaml's values).
+    """Fit Gaussian smoothing, then thresholds, then small-component
+    removal, then largest-component, each kept only if it passes
+    ``_accept`` on the OOF maps of the ensemble. ``options``: the config's
+    postprocess section (missing keys take config.yaml's values).
 
     Returns the frozen parameters, the table of OOF Dice after each step and
     which steps were kept.
     """
     options = config.section("postprocess", options, "postprocess options")
-    thresholds, steps, kept = _fit_thresholds(images, models, cache_dir, ensemble, options, progress)
-    components = _oof_components(images, models, cache_dir, ensemble, thresholds, progress)
+    sigma, thresholds, steps, kept = _fit_smoothing_and_thresholds(
+        images, models, cache_dir, ensemble, options, progress
+    )
+    components = _oof_components(images, models, cache_dir, ensemble, sigma, thresholds, progress)
     min_area, largest = _fit_components(components, options, steps, kept)
-    params = PostprocessParams(thresholds, min_area, largest)
+    params = PostprocessParams(thresholds, min_area, largest, sigma)
     base = float(options["threshold"])
     table = score_table(
         {
@@ -202,63 +204,80 @@ def fit_postprocess(
     return params, table, kept
 
 
-def _fit_thresholds(images, models, cache_dir, ensemble: dict, options: dict, progress: bool):
-    """Pass 1: Dice of every image and class at every threshold, from
-    histograms of the quantised probabilities inside and outside the label.
-    Returns the thresholds per class and the steps' scores and choices."""
+def _fit_smoothing_and_thresholds(images, models, cache_dir, ensemble: dict, options: dict, progress: bool):
+    """Pass 1: Dice of every image and class at every smoothing sigma and
+    every threshold, from histograms of the quantised probabilities inside
+    and outside the label. The sigma per class is chosen at the base
+    threshold, then the threshold per class on the maps smoothed so.
+    Returns the sigmas and thresholds per class and the steps' scores and
+    choices."""
     base = float(options["threshold"])
     grid = (
         sorted(set([base] + [float(value) for value in options["threshold_grid"]]))
         if options["fit_thresholds"]
         else [base]
     )
+    sigmas = [0.0] + (
+        sorted({float(value) for value in options["sigma_grid"] if value > 0}) if options["smooth"] else []
+    )
     default_threshold = grid.index(base)
     cuts = np.array([threshold_cut(value) for value in grid])
-    per_threshold = np.zeros((len(grid), NUM_CLASSES))
-    for stem, (_shape, boxes, crops) in tqdm(
-        _ensemble_oof(images, models, ensemble), total=len(images), desc="fit thresholds", disable=not progress
+    first = np.minimum(np.floor(cuts).astype(int) + 1, 256)  # q > cut  <=>  q >= floor(cut) + 1
+    scores = np.zeros((len(sigmas), len(grid), NUM_CLASSES))
+    for stem, (shape, boxes, crops) in tqdm(
+        _ensemble_oof(images, models, ensemble),
+        total=len(images),
+        desc="fit smoothing, thresholds",
+        disable=not progress,
     ):
         ground_truth = original_labels(cache_dir, stem)
         for number, gt_box in enumerate(_gt_boxes(ground_truth)):
-            region = top, bottom, left, right = union_box([gt_box, boxes[number]])
-            gt = ground_truth[number, top:bottom, left:right].astype(bool)
-            values = _placed(boxes[number], crops[number], region)
-            everything = np.bincount(values.reshape(-1), minlength=256)
-            inside = np.bincount(values[gt], minlength=256)
-            above_all = np.concatenate([np.cumsum(everything[::-1])[::-1], [0]])  # count of q >= k
-            above_gt = np.concatenate([np.cumsum(inside[::-1])[::-1], [0]])
-            first = np.floor(cuts).astype(int) + 1  # q > cut  <=>  q >= floor(cut) + 1
-            first = np.minimum(first, 256)
-            per_threshold[:, number] += _dice(above_gt[first], above_all[first], gt.sum())
-    per_threshold /= len(images)
-    steps = {PLAIN_STEP: per_threshold[default_threshold]}
+            actual = ground_truth[number].sum()
+            for row, sigma in enumerate(sigmas):
+                box, crop = smoothed(boxes[number], crops[number], sigma, shape[1:])
+                region = top, bottom, left, right = union_box([gt_box, box])
+                gt = ground_truth[number, top:bottom, left:right].astype(bool)
+                values = _placed(box, crop, region)
+                everything = np.bincount(values.reshape(-1), minlength=256)
+                inside = np.bincount(values[gt], minlength=256)
+                above_all = np.concatenate([np.cumsum(everything[::-1])[::-1], [0]])  # count of q >= k
+                above_gt = np.concatenate([np.cumsum(inside[::-1])[::-1], [0]])
+                scores[row, :, number] += _dice(above_gt[first], above_all[first], actual)
+    scores /= len(images)
+    classes, max_drop = np.arange(NUM_CLASSES), options["max_class_drop"]
+    steps = {PLAIN_STEP: scores[0, default_threshold]}
+    chosen_sigma = _best_per_class(scores[:, default_threshold], 0)
+    with_smoothing = scores[chosen_sigma, default_threshold, classes]
+    kept = {"smoothing": bool(options["smooth"]) and _accept(steps[PLAIN_STEP], with_smoothing, max_drop)}
+    if not kept["smoothing"]:
+        chosen_sigma[:] = 0
+    steps["smoothing"] = scores[chosen_sigma, default_threshold, classes]
+    per_threshold = scores[chosen_sigma, :, classes].T  # (thresholds, classes) at each class's sigma
     chosen = _best_per_class(per_threshold, default_threshold)
-    fitted = per_threshold[chosen, np.arange(NUM_CLASSES)]
-    kept = {
-        "thresholds": bool(options["fit_thresholds"]) and _accept(steps[PLAIN_STEP], fitted, options["max_class_drop"])
-    }
+    fitted = per_threshold[chosen, classes]
+    kept["thresholds"] = bool(options["fit_thresholds"]) and _accept(steps["smoothing"], fitted, max_drop)
     thresholds = [grid[index] for index in chosen] if kept["thresholds"] else [base] * NUM_CLASSES
-    steps["thresholds"] = fitted if kept["thresholds"] else steps[PLAIN_STEP]
-    return thresholds, steps, kept
+    steps["thresholds"] = fitted if kept["thresholds"] else steps["smoothing"]
+    return [sigmas[index] for index in chosen_sigma], thresholds, steps, kept
 
 
-def _oof_components(images, models, cache_dir, ensemble: dict, thresholds: list, progress: bool) -> list:
-    """Pass 2: connected components at the chosen thresholds; per image and
-    class, each component's area and overlap with the label (and the label's
-    size) decide every min-area / largest choice."""
+def _oof_components(images, models, cache_dir, ensemble: dict, sigma: list, thresholds: list, progress: bool) -> list:
+    """Pass 2: connected components of the maps smoothed by ``sigma`` at the
+    chosen thresholds; per image and class, each component's area and
+    overlap with the label (and the label's size) decide every min-area /
+    largest choice."""
     components = []
-    for stem, (_shape, boxes, crops) in tqdm(
+    for stem, (shape, boxes, crops) in tqdm(
         _ensemble_oof(images, models, ensemble), total=len(images), desc="fit components", disable=not progress
     ):
         ground_truth = original_labels(cache_dir, stem)
         image_components = []
         for number in range(NUM_CLASSES):
             actual = int(ground_truth[number].sum())
-            crop = crops[number]
+            (top, bottom, left, right), crop = smoothed(boxes[number], crops[number], sigma[number], shape[1:])
             if crop.size == 0:
                 image_components.append((np.zeros(1, np.int64), np.zeros(1, np.int64), actual))
                 continue
-            top, bottom, left, right = (int(value) for value in boxes[number])
             labels, areas = component_areas(crop > threshold_cut(thresholds[number]))
             gt = ground_truth[number, top:bottom, left:right].astype(bool)
             hits = np.bincount(labels[gt], minlength=len(areas))

@@ -13,7 +13,7 @@ from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_image
 from .errors import MissingInput
-from .postprocess import PostprocessParams, class_mask
+from .postprocess import PostprocessParams, class_mask, smoothed
 
 
 def class_colours() -> np.ndarray:
@@ -28,7 +28,13 @@ def masks_of(quantized: np.ndarray, params: PostprocessParams | None = None) -> 
     """(29, H, W) bool masks of a uint8 map, post-processed by ``params``
     (default: probability above 0.5)."""
     params = params or PostprocessParams.plain()
-    return np.stack([class_mask(channel, number, params) for number, channel in enumerate(quantized)])
+    whole = (0, quantized.shape[1], 0, quantized.shape[2])
+    return np.stack(
+        [
+            class_mask(smoothed(whole, channel, params.sigma[number], channel.shape)[1], number, params)
+            for number, channel in enumerate(quantized)
+        ]
+    )
 
 
 def overlay_image(image: np.ndarray, masks: np.ndarray, alpha: float = 0.4) -> np.ndarray:

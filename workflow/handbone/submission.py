@@ -15,7 +15,7 @@ from .classes import CLASSES
 from .data import read_index
 from .ensemble import in_parallel
 from .errors import MissingInput, SubmissionError
-from .postprocess import PostprocessParams, class_mask
+from .postprocess import PostprocessParams, class_mask, smoothed
 
 log = logging.getLogger("handbone")
 
@@ -91,11 +91,12 @@ class SubmissionWriter:
 
 def image_rles(path: str | Path, params: PostprocessParams) -> list[str]:
     """The 29 RLE strings of one image's map after post-processing."""
-    (_, _, width), boxes, crops = probmaps.load_crops(path)
-    return [
-        rle.encode_box(class_mask(crop, number, params), int(box[0]), int(box[2]), width) if crop.size else ""
-        for number, (box, crop) in enumerate(zip(boxes, crops))
-    ]
+    (_, height, width), boxes, crops = probmaps.load_crops(path)
+    rles = []
+    for number, (box, crop) in enumerate(zip(boxes, crops)):
+        (top, _, left, _), crop = smoothed(box, crop, params.sigma[number], (height, width))
+        rles.append(rle.encode_box(class_mask(crop, number, params), top, left, width) if crop.size else "")
+    return rles
 
 
 def write_submission(

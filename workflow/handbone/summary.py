@@ -229,7 +229,7 @@ def _ensemble(files: dict) -> str:
         f"**Ensemble and post-processing.** The ensemble (``ensemble.mode: {mode}``) is {MODES.get(mode, mode)} "
         f"of {count(len(weights['models']), 'model')} ({members}); "
         "the post-processing, fitted like it on the "
-        f"out-of-fold maps of {count(params['fitted_on_images'], 'training image')}, uses thresholds "
+        f"out-of-fold maps of {count(params['fitted_on_images'], 'training image')}, {_smoothing(params)}uses thresholds "
         f"{thresholds.min():.2f} to {thresholds.max():.2f}, removes small pieces in "
         f"{count(int((min_area > 0).sum()), 'class')} and keeps only the largest piece in "
         f"{count(int(np.sum(params['largest'])), 'class')}. Out-of-fold Dice after each step and its gain:\n\n"
@@ -238,6 +238,17 @@ def _ensemble(files: dict) -> str:
         ["step", "OOF Dice", "gain"],
         [[label, f"{dice:.4f}", "" if gain is None else f"{gain:+.4f}"] for label, dice, gain in rows],
     )
+
+
+def _smoothing(params: dict) -> str:
+    """The smoothing the frozen post-processing applies, as a clause (params
+    written before the step have none)."""
+    sigma = np.asarray(params.get("sigma", [0.0]), dtype=float)
+    smoothed = sigma[sigma > 0]
+    if not smoothed.size:
+        return "smooths no map, "
+    spread = f"{smoothed.min():g}" if smoothed.min() == smoothed.max() else f"{smoothed.min():g} to {smoothed.max():g}"
+    return f"smooths the maps of {count(smoothed.size, 'class')} (Gaussian sigma {spread} px), "
 
 
 def _holdout(files: dict) -> str:
