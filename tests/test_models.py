@@ -204,9 +204,9 @@ def test_an_unknown_architecture_is_refused_with_every_choice():
         build_model({"arch": "Unet3Plus", "encoder": "resnet18"}, 64)
     message = str(refused.value)
     assert message.startswith("unknown architecture 'Unet3Plus'; choices: ")
-    # The choices are segmentation-models-pytorch's own architectures and nnUNet.
+    # The choices are segmentation-models-pytorch's own architectures, nnUNet and SAM2UNet.
     smp_names = [model_class.__name__ for model_class in smp.MODEL_ARCHITECTURES_MAPPING.values()]
-    assert set(message.split("choices: ")[1].split(", ")) == {*smp_names, "nnUNet"}
+    assert set(message.split("choices: ")[1].split(", ")) == {*smp_names, "nnUNet", "SAM2UNet"}
     assert {"Unet", "UnetPlusPlus", "DeepLabV3Plus", "UPerNet", "Segformer"} <= set(smp_names)
     # Names are taken in any case, as smp's create_model takes them.
     assert type(build_model({"arch": "unetplusplus", "encoder": "resnet18"})).__name__ == "UnetPlusPlus"
