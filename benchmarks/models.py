@@ -236,7 +236,15 @@ def main() -> None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
+    if args.device.startswith("cuda"):
+        import torch
+
+        device_name = torch.cuda.get_device_name(0)
+    else:
+        device_name = "cpu"
+    device = args.device
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], []
     for name, (spec, source) in configured_models(args.configs).items():
         command = [
             sys.executable,
@@ -252,32 +260,47 @@ def main() -> None:
             "--batches",
             *map(str, args.batches),
         ]
+        started = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
-            sys.exit(f"{name}: {completed.stderr[-2000:]}")
-        rows.append({"model": name, "config": source, "spec": spec, **json.loads(completed.stdout.splitlines()[-1])})
-        print(f"{name}: done", file=sys.stderr)
-    device = args.device
-    if device.startswith("cuda"):
-        import torch
-
-        device_name = torch.cuda.get_device_name(0)
-    else:
-        device_name = "cpu"
-    report = {"window": args.window, "device": device_name, "repeats": args.repeats, "models": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            # One model that cannot be built or run (a missing library, a
+            # window its encoder refuses) must not cost the others' figures.
+            failures.append(name)
+            print(f"{name}: FAILED\n{completed.stderr[-2000:]}", file=sys.stderr)
+            rows.append(
+                {
+                    "model": name,
+                    "config": source,
+                    "spec": spec,
+                    "parameters": None,
+                    "batches": {},
+                    "error": completed.stderr.strip().splitlines()[-1][:300] if completed.stderr.strip() else "failed",
+                }
+            )
+        else:
+            rows.append(
+                {"model": name, "config": source, "spec": spec, **json.loads(completed.stdout.splitlines()[-1])}
+            )
+            print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        # Written after every model, so a run cut short keeps what it measured.
+        report = {"window": args.window, "device": device_name, "repeats": args.repeats, "models": rows}
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    measured = [row for row in rows if row["parameters"] is not None]
     print(
-        table(json.loads(json.dumps(rows)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window)
+        table(
+            json.loads(json.dumps(measured)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window
+        )
     )
     print(f"\n(device: {device_name}; JSON: {args.out})")
     if args.costs_out:
         import torch
 
-        costs = cost_table(rows, args.window, device, device_name, torch.get_num_threads())
+        costs = cost_table(measured, args.window, device, device_name, torch.get_num_threads())
         Path(args.costs_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.costs_out).write_text(yaml.safe_dump(costs, sort_keys=False))
         print(f"(cost table for handbone estimate: {args.costs_out})")
+    if failures:
+        sys.exit(f"not measured (see above): {', '.join(failures)}")
 
 
 if __name__ == "__main__":
