@@ -73,7 +73,7 @@ def test_a_model_missing_from_the_cost_table_is_named_with_the_command_that_meas
         ConfigError, match=r"no figures for mine \(Unet / tu-mobilenetv3_small_100\).*benchmarks/models.py --costs-out"
     ):
         estimate.model_costs(table, {"arch": "Unet", "encoder": "tu-mobilenetv3_small_100"}, "mine", Path("v100.yaml"))
-    with pytest.raises(ConfigError, match="use one of a100-40gb, cpu, v100-16gb"):
+    with pytest.raises(ConfigError, match="use one of a100-40gb, cpu, h200, v100-16gb"):
         estimate.cost_table_path("h100")
     # A measured entry names its kwargs: another decoder is another network.
     measured = {"models": [{"arch": "Unet", "encoder": "e", "kwargs": {"decoder_channels": [8]}, "window": 64}]}
@@ -91,6 +91,7 @@ def test_every_shipped_cost_table_covers_the_models_of_its_configs():
         "v100-16gb": ["configs/competition.yaml"],
         "a100-40gb": ["configs/competition.yaml"],
         "cpu": ["config.yaml", "configs/demo_ensemble.yaml"],
+        "h200": ["config.yaml", "configs/competition.yaml", "configs/second_team.yaml"],
     }.items():
         path = estimate.cost_table_path(name)
         table = estimate.read_table(path)
@@ -99,6 +100,27 @@ def test_every_shipped_cost_table_covers_the_models_of_its_configs():
             for model, spec in config.model_specs(values).items():
                 entry = estimate.model_costs(table, spec, model, path)
                 assert entry["train_ms_per_window"] and entry["infer_ms_per_window"]
+
+
+def test_every_member_of_both_recipes_fits_a_16_gb_card_at_its_batch_by_the_measured_peaks():
+    """The H200 table's peaks are the tensors' allocations, the same on a
+    V100: each recipe's batch sizes must leave room for the CUDA context on
+    the 16 GB cards the recipes are planned for (SegFormer MiT-B5 needs
+    24 GiB at batch 2, so second_team.yaml trains it at batch 1)."""
+    from handbone import config
+
+    path = estimate.cost_table_path("h200")
+    table = estimate.read_table(path)
+    sixteen_gb = 16 * 10**9 / 2**30
+    for configfile in ("configs/competition.yaml", "configs/second_team.yaml"):
+        values = config.load_config(estimate.workflow_configs([str(ROOT / configfile)]))
+        for model, spec in config.model_specs(values).items():
+            options = config.train_options(values, model)
+            window = int(options["input_size"])
+            peak = estimate.peak_gib(
+                estimate.model_costs(table, spec, model, path, window), options["batch_size"], window
+            )
+            assert peak is not None and peak + table["context_gib"] <= sixteen_gb, (configfile, model, peak)
 
 
 def test_the_competition_recipe_fits_12_hours_and_16_gb_on_three_v100s():
