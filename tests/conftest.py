@@ -135,3 +135,23 @@ def snakemake(workdir, *arguments, check=True, configfile="tiny.yaml", replace=T
 def planned_jobs(output):
     """The job counts table that `snakemake -n` prints, as {rule: count}."""
     return dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """The tiny workflow run once for the session (end-to-end tests read it;
+    those that would change its results work on a copy): the demo chain plus an extra image
+    folder of odd sizes and PNG modes, predicted and drawn."""
+    import numpy as np
+    from PIL import Image
+
+    workdir = tmp_path_factory.mktemp("run")
+    extra = workdir / "extra"
+    (extra / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).convert("P").save(extra / "palette.png")
+    Image.fromarray(rng.integers(0, 256, (90, 33, 3), dtype=np.uint8)).save(extra / "nested" / "rgb.png")
+    config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "extra_images": {"odd": str(extra)}}}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -248,3 +248,35 @@ def test_estimate_check_estimates_a_tiny_run_then_measures_it_and_host_measures_
         assert table[key] > 0, key
     assert table["job_start_s"] > table["rule_start_s"]  # a network job imports torch too
     assert table["rules"]["eda"]["s_per_mpix"] > 0 and table["rules"]["submission"]["s_per_mpix"] > 0
+
+
+def test_side_margins_benchmark_predicts_each_image_in_both_orientations(tmp_path):
+    import torch
+
+    from handbone import config
+    from handbone.classes import CLASSES
+    from handbone.model import build_model, save_checkpoint
+
+    spec = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "encoder_weights": None}
+    spec["kwargs"] = {"decoder_channels": [32, 16, 16, 8, 8]}
+    preprocess = config.load_config([str(ROOT / "config.yaml")])["preprocess"]
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"fold{seed}.pt"
+        meta = {"model": spec, "input_size": 64, "input_mode": "resize", "preprocess": preprocess}
+        save_checkpoint(path, build_model(spec, 64), {**meta, "classes": list(CLASSES)})
+        checkpoints.append(str(path))
+    table = tmp_path / "margins.csv"
+    output = _run(
+        "side_margins.py",
+        *("--checkpoints", *checkpoints, "--config", str(ROOT / "config.yaml")),
+        *("--people", "1", "--size", "128", "--seeds", "1", "--no-real", "--table", str(table)),
+    )
+    assert "2 checkpoints; predict options" in output
+    assert re.search(r"^generated: 4 images, margin min -?[\d.]+", output, re.MULTILINE)
+    assert re.search(r"^scale fitted on the 4 generated images: [\d.]+$", output, re.MULTILINE)
+    assert "generated: sides right after the check" in output and "shipped: frames.NETWORK_SIDE_SCALE" in output
+    margins = pd.read_csv(table)
+    assert len(margins) == 4 and set(margins["truth"]) <= {"left", "right"}
+    assert (margins["smallest model margin"] <= margins["largest model margin"]).all()

@@ -406,3 +406,20 @@ def test_an_unsure_side_is_decided_by_the_orientation_the_models_are_surer_of(
         assert record["confidence_mirrored"] > record["confidence_as_framed"]
         # The map is on the original image: bright (bone) where the image is.
         assert maps[0, 30, 50] > 0.99 and maps[0, 30, 10] < 0.01
+
+
+def test_the_networks_overrule_an_unsure_side_only_when_their_margin_outweighs_its_confidence():
+    from handbone.frames import NETWORK_SIDE_SCALE, networks_overrule
+
+    # Real radiographs of the demo run (docs/training.md): an infant's hand the
+    # pixels got right at 0.90, which the models preferred mirrored by 0.035,
+    # stays; an adducted thumb the pixels got wrong at 0.58, 0.091 the other
+    # way, turns.
+    assert not networks_overrule(0.035, 0.897)
+    assert networks_overrule(0.091, 0.576)
+    # A coin-toss side turns on any margin for the other orientation, never on one against it.
+    assert networks_overrule(1e-6, 0.5) and not networks_overrule(-0.01, 0.5)
+    # The boundary: the margin whose log-odds equal the confidence's.
+    confidence = 0.8
+    boundary = np.log(confidence / (1 - confidence)) / NETWORK_SIDE_SCALE
+    assert networks_overrule(boundary + 1e-3, confidence) and not networks_overrule(boundary - 1e-3, confidence)

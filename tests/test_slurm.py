@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, copy_repository, planned_jobs, snakemake
+from conftest import TINY_CONFIG, copy_repository, planned_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
@@ -49,7 +49,7 @@ def _small_profile(folder: Path) -> Path:
     return folder
 
 
-def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
+def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, finished_run, tmp_path):
     # A copy of the repository with the tiny config as its config.yaml: the
     # executor starts Snakemake again inside every job, and does not pass
     # --replace-workflow-config on.
@@ -81,14 +81,10 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(cluster, tmp_path):
         "5",
     )
     print(f"tiny workflow on SLURM: {time.perf_counter() - started:.0f} s")
+    # The session's local run of the same tiny config (its extra image
+    # folder changes no submission byte; the killed-run test relies on it too).
     remote_submission = (repository / "results" / "submission.csv").read_bytes()
-    local = tmp_path / "local"
-    local.mkdir()
-    (local / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    started = time.perf_counter()
-    snakemake(local, "--cores", "2")
-    print(f"tiny workflow locally: {time.perf_counter() - started:.0f} s")
-    assert remote_submission == (local / "results" / "submission.csv").read_bytes()
+    assert remote_submission == (finished_run / "results" / "submission.csv").read_bytes()
     # One SLURM job per rule instance (the `all` target runs on the submitting
     # side), each COMPLETED; GPUs requested by the GPU rules only.
     accounting = subprocess.run(

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -18,23 +17,6 @@ from handbone.submission import validate
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from PIL import Image
-
-    workdir = tmp_path_factory.mktemp("run")
-    # An extra image folder of odd sizes and PNG modes, predicted and drawn.
-    extra = workdir / "extra"
-    (extra / "nested").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).convert("P").save(extra / "palette.png")
-    Image.fromarray(rng.integers(0, 256, (90, 33, 3), dtype=np.uint8)).save(extra / "nested" / "rgb.png")
-    config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "extra_images": {"odd": str(extra)}}}
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--cores", "2")
-    return workdir
 
 
 def test_whole_chain_writes_a_valid_submission(finished_run):

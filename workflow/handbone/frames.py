@@ -207,6 +207,14 @@ SIDE_METHODS = ("labels", "pixels", "pair")
 # Written beside a prediction's maps: the images whose unsure side the
 # models checked in both orientations (predict.surer_orientation).
 SIDE_CHECKS = "side_checks.csv"
+# The networks' evidence on an unsure side, as log-odds: this scale times
+# the margin of the other orientation's confidence over the framed one's
+# (metrics.orientation_confidence). Fitted by maximum likelihood on
+# generated images of seeds the demo's models never saw, each predicted in
+# both orientations (benchmarks/side_margins.py, 2026-12-04: 14.5 on 40
+# images). A margin within the models' own spread then cannot overturn a
+# side the pixels were fairly sure of.
+NETWORK_SIDE_SCALE = 14.5
 OTHER_SIDE = {"left": "right", "right": "left"}
 
 
@@ -359,21 +367,35 @@ def unsure_sides(table: pd.DataFrame) -> pd.DataFrame:
     return table[(confidence < LOW_SIDE_CONFIDENCE) | (table["side_method"].astype(str) == "pair")]
 
 
-def side_is_unsure(name: str, image: np.ndarray, known: dict[str, Frame] | None, unsure: set[str]) -> bool:
-    """Whether the side of a raw image is unsure: as the frames table says
-    (``known``, with ``unsure`` its ``unsure_sides``) when it lists the
-    image, else from its pixels now (``side_confidence`` below
-    LOW_SIDE_CONFIDENCE)."""
+def unsure_side_confidence(
+    name: str, image: np.ndarray, known: dict[str, Frame] | None, unsure: dict[str, float]
+) -> float | None:
+    """The confidence of a raw image's side when it is unsure, else None: as
+    the frames table says (``known``, with ``unsure`` its ``unsure_sides``)
+    when it lists the image, else from its pixels now (``side_confidence``
+    below LOW_SIDE_CONFIDENCE)."""
     if known is not None and name in known:
-        return name in unsure
-    return side_confidence(pixel_pose(image)["side_score"]) < LOW_SIDE_CONFIDENCE
+        return unsure.get(name)
+    confidence = float(side_confidence(pixel_pose(image)["side_score"]))
+    return confidence if confidence < LOW_SIDE_CONFIDENCE else None
 
 
-def read_unsure_sides(path: str | Path) -> set[str]:
-    """The names of ``unsure_sides`` in a frames table (none in a table
-    written before sides had a confidence)."""
+def read_unsure_sides(path: str | Path) -> dict[str, float]:
+    """{name: side confidence} of ``unsure_sides`` in a frames table (none in
+    a table written before sides had a confidence)."""
     table = pd.read_csv(path, keep_default_na=False)
-    return set(unsure_sides(table)["image_name"]) if "side_confidence" in table.columns else set()
+    if "side_confidence" not in table.columns:
+        return {}
+    unsure = unsure_sides(table)
+    return dict(zip(unsure["image_name"], unsure["side_confidence"].astype(float)))
+
+
+def networks_overrule(margin: float, confidence: float) -> bool:
+    """Whether the networks' margin for the other orientation (its
+    orientation confidence minus the framed one's) outweighs a side decided
+    with ``confidence``: both as log-odds (NETWORK_SIDE_SCALE), added."""
+    confidence = min(max(confidence, 0.5), 1.0 - 1e-9)
+    return NETWORK_SIDE_SCALE * margin > np.log(confidence / (1.0 - confidence))
 
 
 def disagreeing_sides(table: pd.DataFrame) -> pd.DataFrame:

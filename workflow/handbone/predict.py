@@ -16,7 +16,15 @@ from .atomic import atomic_path
 from .cache import network_input
 from .data import read_folds, read_image, read_index
 from .errors import DataError
-from .frames import SIDE_CHECKS, frame_for, read_frames, read_unsure_sides, side_is_unsure, to_original
+from .frames import (
+    SIDE_CHECKS,
+    frame_for,
+    networks_overrule,
+    read_frames,
+    read_unsure_sides,
+    to_original,
+    unsure_side_confidence,
+)
 from .inference import predict_probabilities
 from .metrics import orientation_confidence
 from .model import check_checkpoint, load_checkpoint
@@ -117,15 +125,16 @@ def predict_images(
     Each image is predicted in its frame (from ``frames_path``, else
     estimated from it; frames.py) and its map brought back to the image.
     With one-hand frames (unify_side right), an image whose side is unsure
-    (``frames.side_is_unsure``) is predicted in both orientations and the
-    one the models are surer of is kept (``metrics.orientation_confidence``);
+    (``frames.unsure_side_confidence``) is predicted in both orientations and
+    the other orientation is kept when the models are surer of it by enough
+    to outweigh the side's confidence (``frames.networks_overrule``);
     ``side_checks.csv`` beside the maps records each such image. Options
     left out (``precision``: the forward passes' autocast precision, see
     ``devices.autocast_dtype``) take config.yaml's predict values. The
     folder appears only when every map is written."""
     preprocess_options = config.section("preprocess", preprocess_options, "preprocess options")
     known = read_frames(frames_path) if frames_path else None
-    unsure = read_unsure_sides(frames_path) if frames_path else set()
+    unsure = read_unsure_sides(frames_path) if frames_path else {}
     check_sides = preprocess_options["unify_side"] == "right"
     side_checks = []
     groups = load_model_groups(checkpoints, device, preprocess_options)
@@ -146,9 +155,10 @@ def predict_images(
             frame = frame_for(name, raw, preprocess_options, known)
             image = network_input(raw, frame, preprocess_options)
             probabilities = mean_probabilities(groups, image, device, **options)
-            if check_sides and side_is_unsure(name, raw, known, unsure):
+            confidence = unsure_side_confidence(name, raw, known, unsure) if check_sides else None
+            if confidence is not None:
                 frame, _, probabilities, check = surer_orientation(
-                    name, raw, frame, image, probabilities, groups, device, options, preprocess_options
+                    name, raw, frame, image, probabilities, groups, device, options, preprocess_options, confidence
                 )
                 side_checks.append(check)
             probmaps.save(staging / filename, to_original(probabilities, frame), name)
@@ -157,31 +167,36 @@ def predict_images(
     return Path(out_dir)
 
 
-def surer_orientation(name, raw, frame, image, probabilities, groups, device, options, preprocess_options):
+def surer_orientation(name, raw, frame, image, probabilities, groups, device, options, preprocess_options, confidence):
     """(frame, network input, maps, record) of the orientation of a raw
-    image the models are surer of: ``frame`` as given (with its ``image``
-    and ``probabilities``) or mirrored."""
+    image whose side was decided with ``confidence``: ``frame`` as given
+    (with its ``image`` and ``probabilities``), or mirrored when the models
+    are surer of that by enough to outweigh the confidence."""
     mirrored = dataclasses.replace(frame, flip=not frame.flip)
     mirrored_image = network_input(raw, mirrored, preprocess_options)
     mirrored_maps = mean_probabilities(groups, mirrored_image, device, **options)
     as_framed, as_mirrored = orientation_confidence(probabilities), orientation_confidence(mirrored_maps)
-    changed = as_mirrored > as_framed
+    changed = networks_overrule(as_mirrored - as_framed, confidence)
     record = {
         "image_name": name,
         "side_from_frame": "left" if frame.flip else "right",
+        "side_confidence": round(confidence, 4),
         "confidence_as_framed": round(as_framed, 4),
         "confidence_mirrored": round(as_mirrored, 4),
         "side": "left" if frame.flip != changed else "right",
         "changed": changed,
     }
+    framed_side = record["side_from_frame"]
+    other_side = "right" if framed_side == "left" else "left"
     log.info(
-        "%s: side unsure; the models are %s sure of it as a %s hand (%.3f) than as a %s hand (%.3f)%s",
+        "%s: side unsure (%s, confidence %.2f); the models' confidence as a %s hand %.3f, as a %s hand %.3f: %s",
         name,
-        "more" if changed else "at least as",
-        record["side"],
-        max(as_framed, as_mirrored),
-        "right" if record["side"] == "left" else "left",
-        min(as_framed, as_mirrored),
-        ": side changed" if changed else "",
+        framed_side,
+        confidence,
+        framed_side,
+        as_framed,
+        other_side,
+        as_mirrored,
+        f"side changed to {other_side}" if changed else f"{framed_side} kept",
     )
     return (mirrored, mirrored_image, mirrored_maps, record) if changed else (frame, image, probabilities, record)

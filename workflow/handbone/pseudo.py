@@ -39,7 +39,7 @@ from .cache import network_input, write_entry
 from .classes import CLASSES
 from .data import read_image, read_index
 from .errors import ConfigError, DataError
-from .frames import FRAME_FIELDS, frame_for, read_frames, read_unsure_sides, side_is_unsure
+from .frames import FRAME_FIELDS, frame_for, read_frames, read_unsure_sides, unsure_side_confidence
 from .masks import pack_mask
 from .metrics import class_confidence
 from .predict import inference_options, load_model_groups, mean_probabilities, surer_orientation
@@ -95,7 +95,7 @@ def write_pseudo_labels(
         raise DataError(f"{index_path} lists no test image to pseudo-label")
     groups = load_model_groups(checkpoints, device, preprocess_options)
     known = read_frames(frames_path) if frames_path else None
-    unsure = read_unsure_sides(frames_path) if frames_path else set()
+    unsure = read_unsure_sides(frames_path) if frames_path else {}
     check_sides = preprocess_options["unify_side"] == "right"
     predict_options = inference_options(preprocess_options, **predict_options)
     rows, kept = [], []
@@ -107,7 +107,8 @@ def write_pseudo_labels(
             # Kept in the frame: the pseudo-labels train networks that see this frame.
             image = network_input(raw, frame, preprocess_options)
             probabilities = mean_probabilities(groups, image, device, **predict_options)
-            if check_sides and side_is_unsure(row["image_name"], raw, known, unsure):
+            side_confidence = unsure_side_confidence(row["image_name"], raw, known, unsure) if check_sides else None
+            if side_confidence is not None:
                 # As the test predictions: the orientation the models are surer of.
                 frame, image, probabilities, _ = surer_orientation(
                     row["image_name"],
@@ -119,6 +120,7 @@ def write_pseudo_labels(
                     device,
                     predict_options,
                     preprocess_options,
+                    side_confidence,
                 )
             per_class = class_confidence(probabilities)
             score = float(per_class.mean())
