@@ -5,7 +5,8 @@ one forward pass as prediction runs it, on windows of one size at batch 1,
 
 Per model: parameters; seconds per window of a training step and of a
 prediction forward pass; peak memory of the step. On CUDA: mixed precision as training runs it (float16 autocast
-with a GradScaler, what a V100 supports), peak from
+with a GradScaler, what a V100 supports; ``--precision float32`` measures
+without it, for the speed-up it buys), peak from
 torch.cuda.max_memory_allocated, and whether batch 2 fits a 16 GB and a
 32 GB card (peak plus 1 GiB for the CUDA context). On the CPU (no GPU):
 float32, peak resident memory of the process above the built model, which
@@ -54,7 +55,7 @@ def resident_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def measure(spec: dict, window: int, batches: list[int], repeats: int, device_name: str) -> dict:
+def measure(spec: dict, window: int, batches: list[int], repeats: int, device_name: str, precision: str) -> dict:
     """One model, in this process: parameters, and per batch size the
     seconds per window of a training step and its peak memory."""
     import torch
@@ -68,20 +69,21 @@ def measure(spec: dict, window: int, batches: list[int], repeats: int, device_na
     model = to_device(build_model({**spec, "encoder_weights": None}, window), device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cuda = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    mixed = cuda and precision == "auto"  # float32: the speed-up that mixed precision buys
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     loss_fn = make_loss({"dice": 1.0, "bce": 1.0})
     baseline = resident_bytes()
     result = {"parameters": sum(parameter.numel() for parameter in model.parameters()), "batches": {}}
 
     def step(images, masks):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
             loss = loss_fn(model(images), masks)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    predict_dtype = autocast_dtype(device, "auto")  # as prediction runs the forward passes
+    predict_dtype = autocast_dtype(device, precision)  # as prediction runs the forward passes
 
     @torch.no_grad()
     def forward(images):
@@ -137,8 +139,12 @@ def fits(peak_gib, card_gib: int) -> str:
     return "yes" if peak_gib * GIB + CUDA_CONTEXT <= card_gib * 10**9 else "no"
 
 
-def table(rows: list[dict], batches: list[int], device: str, window: int) -> str:
-    memory = "peak GPU GiB (AMP)" if device == "cuda" else "peak RSS GiB above the model (fp32)"
+def table(rows: list[dict], batches: list[int], device: str, window: int, precision: str = "auto") -> str:
+    memory = (
+        f"peak GPU GiB ({'AMP' if precision == 'auto' else 'fp32'})"
+        if device == "cuda"
+        else "peak RSS GiB above the model (fp32)"
+    )
     header = ["model", "config", "arch / encoder", "params (M)"]
     header += [f"train ms/window b{batch}" for batch in batches]
     header += [f"predict ms/window b{batch}" for batch in batches]
@@ -187,7 +193,7 @@ def table(rows: list[dict], batches: list[int], device: str, window: int) -> str
     return "\n".join(lines)
 
 
-def cost_table(rows: list[dict], window: int, device: str, device_name: str, threads: int) -> dict:
+def cost_table(rows: list[dict], window: int, device: str, device_name: str, threads: int, precision: str) -> dict:
     """The figures as a cost table of ``handbone estimate`` (one entry per
     architecture, encoder and kwargs; a batch that failed is left out)."""
     import torch
@@ -208,7 +214,7 @@ def cost_table(rows: list[dict], window: int, device: str, device_name: str, thr
         entries.append(entry)
     table = {
         "device": device_name if cuda else f"CPU, {threads} threads",
-        "precision": "float16 autocast" if cuda else "float32",
+        "precision": "float16 autocast" if cuda and precision == "auto" else "float32",
     }
     if cuda:
         table["gpu"] = True
@@ -222,6 +228,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=int, default=1024, help="window side in pixels (the training input size)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32"],
+        default="auto",
+        help="auto: as the workflow runs (float16 autocast on CUDA, float32 on the CPU); float32: no autocast",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per batch size (after one warm-up)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--configs", nargs="+", default=["configs/competition.yaml", "config.yaml"])
@@ -230,7 +242,11 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this JSON spec in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(json.loads(args.one), args.window, args.batches, args.repeats, args.device)))
+        print(
+            json.dumps(
+                measure(json.loads(args.one), args.window, args.batches, args.repeats, args.device, args.precision)
+            )
+        )
         return
     if args.device is None:
         import torch
@@ -257,6 +273,8 @@ def main() -> None:
             str(args.repeats),
             "--device",
             args.device,
+            "--precision",
+            args.precision,
             "--batches",
             *map(str, args.batches),
         ]
@@ -288,14 +306,18 @@ def main() -> None:
     measured = [row for row in rows if row["parameters"] is not None]
     print(
         table(
-            json.loads(json.dumps(measured)), args.batches, "cuda" if device.startswith("cuda") else "cpu", args.window
+            json.loads(json.dumps(measured)),
+            args.batches,
+            "cuda" if device.startswith("cuda") else "cpu",
+            args.window,
+            args.precision,
         )
     )
     print(f"\n(device: {device_name}; JSON: {args.out})")
     if args.costs_out:
         import torch
 
-        costs = cost_table(measured, args.window, device, device_name, torch.get_num_threads())
+        costs = cost_table(measured, args.window, device, device_name, torch.get_num_threads(), args.precision)
         Path(args.costs_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.costs_out).write_text(yaml.safe_dump(costs, sort_keys=False))
         print(f"(cost table for handbone estimate: {args.costs_out})")
