@@ -205,8 +205,9 @@ def foreground_mask(image: np.ndarray, level: float = 1.0) -> np.ndarray:
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if size > 256 else image.copy()
     small = cv2.GaussianBlur(small, (0, 0), 2.0)
     otsu, mask = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if level != 1.0:
-        background = float(small[small <= otsu].mean())
+    below = small[small <= otsu]
+    if level != 1.0 and below.size:  # an image with no pixel at or below Otsu's level has no background to lower to
+        background = float(below.mean())
         mask = (small > background + level * (otsu - background)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 1:
