@@ -387,7 +387,9 @@ def read_unsure_sides(path: str | Path) -> dict[str, float]:
     if "side_confidence" not in table.columns:
         return {}
     unsure = unsure_sides(table)
-    return dict(zip(unsure["image_name"], unsure["side_confidence"].astype(float)))
+    # A side with no confidence written counts as a coin toss.
+    confidence = pd.to_numeric(unsure["side_confidence"], errors="coerce").fillna(0.5)
+    return dict(zip(unsure["image_name"], confidence.astype(float)))
 
 
 def networks_overrule(margin: float, confidence: float) -> bool:
