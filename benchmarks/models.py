@@ -248,17 +248,12 @@ def main() -> None:
             )
         )
         return
+    import torch
+
     if args.device is None:
-        import torch
-
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda"):
-        import torch
-
-        device_name = torch.cuda.get_device_name(0)
-    else:
-        device_name = "cpu"
     device = args.device
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
     for name, (spec, source) in configured_models(args.configs).items():
@@ -315,8 +310,6 @@ def main() -> None:
     )
     print(f"\n(device: {device_name}; JSON: {args.out})")
     if args.costs_out:
-        import torch
-
         costs = cost_table(measured, args.window, device, device_name, torch.get_num_threads(), args.precision)
         Path(args.costs_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.costs_out).write_text(yaml.safe_dump(costs, sort_keys=False))

@@ -34,66 +34,45 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from sides import REAL, generated_images, real_images  # benchmarks/sides.py, beside this script
 from tqdm import tqdm
 
 from handbone import config
 from handbone.cache import network_input
-from handbone.data import read_image
-from handbone.frames import LOW_SIDE_CONFIDENCE, NETWORK_SIDE_SCALE, frame_of, side_confidence
+from handbone.frames import LOW_SIDE_CONFIDENCE, NETWORK_SIDE_SCALE, frame_of, networks_overrule, side_confidence
 from handbone.metrics import orientation_confidence
 from handbone.pose import pixel_pose
 from handbone.predict import inference_options, load_model_groups, mean_probabilities
-from handbone.synthetic import SyntheticConfig, generate
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_radiographs"
 SCALES = [5.0, 10.0, 20.0, 40.0, 80.0, 1e6]  # 1e6: any margin turns (the rule before)
 
 
 def images_with_sides(people: int, size: int, seeds: list[int], folder: Path, real: bool):
     """(set, name, image, true side) of generated images and real radiographs."""
     for seed in seeds:
-        root = generate(
-            folder / f"seed{seed}",
-            SyntheticConfig(train_people=people, test_people=max(1, people // 4), image_size=size, seed=seed),
-            False,
-        )
-        manifest = pd.read_csv(root / "ground_truth" / "manifest.csv").drop_duplicates("image_name")
-        truth = manifest.set_index("image_name")["hand"]
-        for path in sorted((root / "data").glob("*/DCM/*/*.png")):
-            yield f"generated (seed {seed})", path.name, read_image(path), truth[path.name]
+        for name, image, truth, _ in generated_images(people, size, seed, folder):
+            yield f"generated (seed {seed})", name, image, truth
     if real and REAL.is_dir():
-        for path in sorted(REAL.glob("*/*.png")):
-            image = read_image(path)
-            name = f"{path.parent.name}/{path.name}"
-            yield "real", name, image, "left"  # every real radiograph here is a left hand
-            yield "real", name + " (mirrored)", np.ascontiguousarray(image[:, ::-1]), "right"
+        for name, image, truth in real_images():
+            yield "real", name, image, truth
 
 
 def margins(groups, image, frame, truth, device, options, preprocess) -> tuple[float, list[float]]:
     """(margin of the checkpoints' mean map, margin of each checkpoint)."""
-    true_frame = dataclasses.replace(frame, flip=truth == "left")
-    wrong_frame = dataclasses.replace(frame, flip=truth != "left")
     maps = {}
-    for label, shown in (("true", true_frame), ("mirrored", wrong_frame)):
+    for label, flip in (("true", truth == "left"), ("mirrored", truth != "left")):
+        shown = network_input(image, dataclasses.replace(frame, flip=flip), preprocess)
+        # Each model's map, as prediction computes their mean.
         maps[label] = [
-            predict_one(models, size, mode, network_input(image, shown, preprocess), device, options)
+            mean_probabilities([([model], size, mode)], shown, device, **options)
             for models, size, mode in groups
+            for model in models
         ]
-    mean = orientation_confidence(np.mean([m for group in maps["true"] for m in group], axis=0)) - (
-        orientation_confidence(np.mean([m for group in maps["mirrored"] for m in group], axis=0))
+    mean = orientation_confidence(np.mean(maps["true"], axis=0)) - orientation_confidence(
+        np.mean(maps["mirrored"], axis=0)
     )
-    each = [
-        orientation_confidence(true) - orientation_confidence(mirrored)
-        for true, mirrored in zip(
-            [m for group in maps["true"] for m in group], [m for group in maps["mirrored"] for m in group]
-        )
-    ]
+    each = [orientation_confidence(a) - orientation_confidence(b) for a, b in zip(maps["true"], maps["mirrored"])]
     return mean, each
-
-
-def predict_one(models, size, mode, image, device, options) -> list[np.ndarray]:
-    """Each model's map of one input, as prediction computes the mean of them."""
-    return [mean_probabilities([([model], size, mode)], image, device, **options) for model in models]
 
 
 def decided_sides(table: pd.DataFrame, scale: float) -> pd.Series:
@@ -103,9 +82,8 @@ def decided_sides(table: pd.DataFrame, scale: float) -> pd.Series:
     the pixels' log-odds (frames.networks_overrule)."""
     pixels_right = table["pixels"] == table["truth"]
     other_margin = -table["margin"].where(pixels_right, -table["margin"])  # other minus framed
-    confidence = table["pixel confidence"].clip(0.5, 1 - 1e-9)
-    turned = (table["pixel confidence"] < LOW_SIDE_CONFIDENCE) & (
-        scale * other_margin > np.log(confidence / (1 - confidence))
+    turned = (table["pixel confidence"] < LOW_SIDE_CONFIDENCE) & networks_overrule(
+        other_margin, table["pixel confidence"], scale
     )
     other = table["pixels"].map({"left": "right", "right": "left"})
     return table["pixels"].where(~turned, other)

@@ -40,21 +40,19 @@ def cues(image: np.ndarray) -> dict:
     }
 
 
-def real_rows() -> tuple[list[dict], float]:
-    rows, seconds = [], 0.0
+def real_images():
+    """(name, image, true side) of every real radiograph here (all left
+    hands: the thumb on the image's right) and of its mirror (a right hand)."""
     for path in sorted(REAL.glob("*/*.png")):
         image = read_image(path)
-        for mirrored in (False, True):
-            shown = np.ascontiguousarray(image[:, ::-1]) if mirrored else image
-            name = f"{path.parent.name}/{path.name}" + (" (mirrored)" if mirrored else "")
-            start = time.perf_counter()
-            found = cues(shown)
-            seconds += time.perf_counter() - start
-            rows.append({"set": "real", "image": name, "truth": "right" if mirrored else "left", **found})
-    return rows, seconds / max(len(rows), 1)
+        name = f"{path.parent.name}/{path.name}"
+        yield name, image, "left"
+        yield name + " (mirrored)", np.ascontiguousarray(image[:, ::-1]), "right"
 
 
-def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[list[dict], float]:
+def generated_images(people: int, size: int, seed: int, folder: Path):
+    """(name, image, true side, person) of a generated set (train and test)
+    at the generator's default variety."""
     root = generate(
         folder / f"seed{seed}",
         SyntheticConfig(train_people=people, test_people=max(1, people // 4), image_size=size, seed=seed),
@@ -63,21 +61,27 @@ def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[lis
     manifest = pd.read_csv(root / "ground_truth" / "manifest.csv").drop_duplicates("image_name")
     truth = manifest.set_index("image_name")["hand"]
     person = manifest.set_index("image_name")["person_id"]
-    rows, seconds = [], 0.0
     for path in sorted((root / "data").glob("*/DCM/*/*.png")):
-        image = read_image(path)
+        yield path.name, read_image(path), truth[path.name], f"{seed}-{person[path.name]}"
+
+
+def real_rows() -> tuple[list[dict], float]:
+    rows, seconds = [], 0.0
+    for name, image, truth in real_images():
         start = time.perf_counter()
         found = cues(image)
         seconds += time.perf_counter() - start
-        rows.append(
-            {
-                "set": f"generated (seed {seed})",
-                "image": path.name,
-                "person_id": f"{seed}-{person[path.name]}",
-                "truth": truth[path.name],
-                **found,
-            }
-        )
+        rows.append({"set": "real", "image": name, "truth": truth, **found})
+    return rows, seconds / max(len(rows), 1)
+
+
+def generated_rows(people: int, size: int, seed: int, folder: Path) -> tuple[list[dict], float]:
+    rows, seconds = [], 0.0
+    for name, image, truth, person in generated_images(people, size, seed, folder):
+        start = time.perf_counter()
+        found = cues(image)
+        seconds += time.perf_counter() - start
+        rows.append({"set": f"generated (seed {seed})", "image": name, "person_id": person, "truth": truth, **found})
     return rows, seconds / max(len(rows), 1)
 
 

@@ -392,12 +392,13 @@ def read_unsure_sides(path: str | Path) -> dict[str, float]:
     return dict(zip(unsure["image_name"], confidence.astype(float)))
 
 
-def networks_overrule(margin: float, confidence: float) -> bool:
+def networks_overrule(margin, confidence, scale: float = NETWORK_SIDE_SCALE):
     """Whether the networks' margin for the other orientation (its
     orientation confidence minus the framed one's) outweighs a side decided
-    with ``confidence``: both as log-odds (NETWORK_SIDE_SCALE), added."""
-    confidence = min(max(confidence, 0.5), 1.0 - 1e-9)
-    return NETWORK_SIDE_SCALE * margin > np.log(confidence / (1.0 - confidence))
+    with ``confidence``: both as log-odds (``scale``), added. Numbers or
+    arrays of them (benchmarks/side_margins.py tries other scales)."""
+    confidence = np.clip(confidence, 0.5, 1.0 - 1e-9)
+    return scale * np.asarray(margin) > np.log(confidence / (1.0 - confidence))
 
 
 def disagreeing_sides(table: pd.DataFrame) -> pd.DataFrame:

@@ -176,7 +176,7 @@ def surer_orientation(name, raw, frame, image, probabilities, groups, device, op
     mirrored_image = network_input(raw, mirrored, preprocess_options)
     mirrored_maps = mean_probabilities(groups, mirrored_image, device, **options)
     as_framed, as_mirrored = orientation_confidence(probabilities), orientation_confidence(mirrored_maps)
-    changed = networks_overrule(as_mirrored - as_framed, confidence)
+    changed = bool(networks_overrule(as_mirrored - as_framed, confidence))
     record = {
         "image_name": name,
         "side_from_frame": "left" if frame.flip else "right",
