@@ -4,7 +4,6 @@ every stage of dvc.yaml depends on each handbone module its command runs.
 That the calls do what they should (a queued experiment reruns only its
 stages, and retrains) is tested end to end in test_dvc.py."""
 
-import argparse
 import ast
 import posixpath
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from package_imports import PACKAGE, handbone_imports, import_graph
+from package_imports import handbone_imports, import_graph
 
 from conftest import snakemake_command
 from handbone.dvc_stage import run_stage
@@ -105,56 +104,29 @@ def test_the_command_line_splits_the_stage_options_from_snakemakes(checkout, mon
 #   DVC runs it); each job runs `python -m handbone <subcommand>`;
 # - the workflow's hooks (train.smk's onstart runs check-models, but only
 #   where a job reads or writes a checkpoint: common.smk's models_of_jobs).
-# A subcommand runs the cli.py code main() reaches and the function the
-# parser registers for it, with the cli.py functions those use; every
-# module imports others, at its top or inside functions (all counted),
-# read with the ast module (tests/package_imports.py, whose import graph
-# tests/test_imports.py searches for circles).
+# A subcommand runs cli.py (which imports the module of the named
+# subcommand alone, by name: cli.COMMANDS) and that module, where its
+# arguments and the function it runs are defined; every module imports
+# others, at its top or inside functions (all counted), read with the ast
+# module (tests/package_imports.py, whose import graph tests/test_imports.py
+# searches for circles).
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = {"workflow.onstart", "workflow.onsuccess", "workflow.onerror"}
 
 
 class Cli:
-    """What ``python -m handbone <subcommand>`` runs: __main__.py, cli.py's
-    top level, the code main() reaches (building the parser) and the function
-    the parser registers for the subcommand, each with the cli.py functions
-    it uses. A subcommand's function runs only when it is called, so where
-    another function only names it (registering it) it is not followed."""
+    """What ``python -m handbone <subcommand>`` runs: __main__.py, cli.py
+    (all it imports, at its top or in its functions) and the subcommand's
+    module from ``cli.COMMANDS``."""
 
     def __init__(self):
         from handbone import cli
 
         self.parser = cli.build_parser()
-        (subparsers,) = [action for action in self.parser._actions if isinstance(action, argparse._SubParsersAction)]
-        self.functions_of = {name: sub.get_default("function").__name__ for name, sub in subparsers.choices.items()}
-        tree = ast.parse((PACKAGE / "cli.py").read_text())
-        self.definitions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
-        top_level = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]
-        self.top_level = handbone_imports(ast.Module(body=top_level, type_ignores=[]), "cli.py")
+        self.module_of = {name: f"{module}.py" for name, (module, _) in cli.COMMANDS.items()}
         self.graph = import_graph()
-        self.always = {"__init__.py", "__main__.py", "cli.py"} | self.top_level | self._reach("main")
-
-    def _reach(self, root: str) -> set[str]:
-        """What ``root`` and the cli.py functions it uses import."""
-        registered = set(self.functions_of.values())
-        imported, seen, todo = set(), set(), [root]
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            function = self.definitions[name]
-            imported |= handbone_imports(function, "cli.py")
-            called = {id(node.func) for node in ast.walk(function) if isinstance(node, ast.Call)}
-            todo += [
-                node.id
-                for node in ast.walk(function)
-                if isinstance(node, ast.Name)
-                and node.id in self.definitions
-                and (node.id not in registered or id(node) in called)
-            ]
-        return imported
+        self.always = {"__init__.py", "__main__.py", "cli.py"}
 
     def subcommand(self, argv: list[str]) -> str:
         """The subcommand of ``handbone <argv>``, after the global options."""
@@ -164,24 +136,22 @@ class Cli:
             if action is None:
                 pytest.fail(f"handbone {shlex.join(argv)}: {argv[position]} is no global option of cli.py")
             position += 1 if action.nargs == 0 else 2
-        if position == len(argv) or argv[position] not in self.functions_of:
+        if position == len(argv) or argv[position] not in self.module_of:
             pytest.fail(f"handbone {shlex.join(argv)}: no subcommand of cli.py")
         return argv[position]
 
     def modules(self, subcommand: str) -> set[str]:
-        return self.always | self._reach(self.functions_of[subcommand])
+        return self.always | {self.module_of[subcommand]}
 
     def import_closure(self, modules: set[str]) -> set[str]:
-        """``modules`` (files) and the handbone modules they import,
-        transitively. Of cli.py only the top level counts here (what
-        importing it runs): what its functions import is ``modules``'."""
+        """``modules`` (files) and the handbone modules they import, transitively."""
         seen, todo = set(), list(modules)
         while todo:
             module = todo.pop()
             if module in seen:
                 continue
             seen.add(module)
-            todo += self.top_level if module == "cli.py" else self.graph[module]
+            todo += self.graph[module]
         return seen
 
 

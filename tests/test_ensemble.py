@@ -247,3 +247,13 @@ def test_oof_summary_names_each_model_the_fitted_ensemble_and_the_final_masks():
     assert oof_summary(score_table({"ensemble, threshold 0.5": np.full(29, 0.7)})) == {
         "oof_dice": {"ensemble": pytest.approx(0.7), "final": pytest.approx(0.7)}
     }
+
+
+def test_fit_ensemble_takes_the_ensemble_section_as_json_options_and_names_a_bad_one(tmp_path, caplog):
+    from handbone import cli
+
+    argv = ["--quiet", "fit-ensemble", "--oof", str(tmp_path / "m0" / "oof"), "--folds", str(tmp_path / "folds.csv")]
+    argv += ["--cache", str(tmp_path), "--out", str(tmp_path / "w.json"), "--table", str(tmp_path / "t.csv")]
+    assert cli.main([*argv, "--options", '{"mode": "median"}']) == 1
+    assert "fit-ensemble --options" in caplog.text and "median" in caplog.text
+    assert not (tmp_path / "w.json").exists()

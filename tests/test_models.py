@@ -67,7 +67,7 @@ def run_isolated(body: str, *arguments) -> dict:
 LOAD_AND_COMPARE = """
 import torch
 from safetensors.torch import load_file
-from handbone.cli import use_weights_cache
+from handbone.arguments import use_weights_cache
 from handbone.model import build_model
 use_weights_cache(sys.argv[1], online=False)
 model = build_model(json.loads(sys.argv[2]), 64)
@@ -321,7 +321,7 @@ SAM2_REPO = "timm/sam2_hiera_tiny.fb_r896"
 LOAD_SAM2 = """
 import torch
 from safetensors.torch import load_file
-from handbone.cli import use_weights_cache
+from handbone.arguments import use_weights_cache
 from handbone.model import build_model
 use_weights_cache(sys.argv[1], online=False)
 model = build_model(json.loads(sys.argv[2]), 64)

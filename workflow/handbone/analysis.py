@@ -17,6 +17,7 @@ each member adds to the ensemble when added last.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import probmaps
+from .arguments import progress
 from .atomic import atomic_path, write_table
 from .classes import CLASSES, NUM_CLASSES
 from .data import mask_for_row, read_folds, read_image, read_index
@@ -327,3 +329,21 @@ def write_prediction_analysis(oof_dirs, folds_path, index_path, out_dir, progres
     for _, row in tables["per_class"].iterrows():
         log.info("OOF Dice at threshold 0.5, %-24s %.4f", row["model"], row["mean_dice"])
     return tables
+
+
+# -- the command line: `handbone prediction-analysis` (cli.py dispatches) --
+
+
+def prediction_analysis_command(args) -> None:
+    write_prediction_analysis(args.oof, args.folds, args.index, args.out_dir, progress(args))
+    log.info("prediction analysis written to %s", args.out_dir)
+
+
+def prediction_analysis_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=prediction_analysis_command)
+    parser.add_argument(
+        "--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)"
+    )
+    parser.add_argument("--folds", required=True, help="folds CSV (excluded images are left out)")
+    parser.add_argument("--index", required=True, help="index CSV (the labels, rasterised in the image's own frame)")
+    parser.add_argument("--out-dir", required=True)

@@ -20,6 +20,7 @@ same ``preprocess`` function is applied to test images at prediction time.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
+from .arguments import json_argument, progress
 from .atomic import atomic_path
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
@@ -187,3 +189,24 @@ class CacheEntry:
     def mask(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """(29, h, w) uint8 mask of a window."""
         return unpack_mask(np.asarray(self.packed_mask[rows, cols]))
+
+
+# -- the command line: `handbone preprocess` (cli.py dispatches) --
+
+
+def preprocess_command(args) -> None:
+    build_cache(args.index, args.out, args.options, args.frames, progress=progress(args))
+    log.info("preprocessing cache written to %s", args.out)
+
+
+def preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=preprocess_command)
+    parser.add_argument("--index", required=True)
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help='preprocess section as JSON, e.g. \'{"clahe": {"enabled": false}}\' (what it leaves out: config.yaml\'s)',
+    )
+    parser.add_argument("--frames", help="frames CSV (rule frames); without it each image's frame is estimated from it")
+    parser.add_argument("--out", required=True, help="cache folder")

@@ -12,11 +12,15 @@ reads resolved values and carries no fallback of its own.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import logging
 from pathlib import Path
 
 from .errors import ConfigError, MissingInput
+
+log = logging.getLogger("handbone")
 
 WORKFLOW = Path(__file__).resolve().parents[1]
 SCHEMA = WORKFLOW / "schemas" / "config.schema.yaml"
@@ -278,3 +282,22 @@ def model_spec(spec, source: str) -> dict:
         raise ConfigError(f"{source}: expected a JSON object (arch, encoder, ...), got {spec!r}")
     _check(spec, schema()["properties"]["models"]["additionalProperties"], source)
     return spec
+
+
+# -- the command line: `handbone check-config` (cli.py dispatches) --
+
+
+def check_config_command(args) -> None:
+    load_config(args.configfile)  # resolved, checked against the schema and for contradictions
+    log.info("%s: valid, no contradictory options", " + ".join(args.configfile))
+
+
+def check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=check_config_command)
+    parser.add_argument(
+        "--configfile",
+        action="append",
+        required=True,
+        help="config file; several are merged in order as Snakemake merges them (e.g. config.yaml, "
+        "then configs/competition.yaml)",
+    )

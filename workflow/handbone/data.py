@@ -9,6 +9,7 @@ A data root has the competition layout::
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -350,3 +351,16 @@ def usable_images(folds: pd.DataFrame) -> pd.DataFrame:
 
 def mask_for_row(row) -> np.ndarray:
     return rasterize(read_annotations(row["label_path"]), int(row["height"]), int(row["width"]))
+
+
+# -- the command line: `handbone index` (cli.py dispatches) --
+
+
+def index_command(args) -> None:
+    write_index(args.data_root, args.out)
+
+
+def index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=index_command)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--out", required=True, help="index CSV to write")

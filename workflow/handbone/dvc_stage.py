@@ -23,6 +23,7 @@ wrong where DVC, not Snakemake, put the files in place:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 from collections.abc import Callable, Sequence
@@ -83,3 +84,32 @@ def run_stage(
         code = runner(command)
         if code != 0:
             raise HandboneError(f"DVC stage {stage}: {' '.join(command)} failed (exit {code})")
+
+
+# -- the command line: `handbone dvc-stage` (cli.py dispatches) --
+
+
+def dvc_stage_command(args) -> None:
+    arguments = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    run_stage(args.stage, args.after, arguments)
+
+
+def dvc_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=dvc_stage_command)
+    parser.add_argument(
+        "--stage",
+        required=True,
+        help="the DVC stage's name (train@<model>, ...): its first run in a checkout is recorded",
+    )
+    parser.add_argument(
+        "--after",
+        nargs="+",
+        default=[],
+        metavar="RULE_OR_FILE",
+        help="the last rules or files of earlier stages that this one reads; they and what they come from are "
+        "touched (snakemake --touch --until ...) before the stage runs. Name no rule together with one it "
+        "depends on: Snakemake 9.27 then stops with 'BUG: Out of jobs ready to be started'",
+    )
+    parser.add_argument(
+        "snakemake_args", nargs=argparse.REMAINDER, help="after --: the stage's snakemake arguments (targets, --until)"
+    )

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from scipy.stats import ks_2samp
 from tqdm import tqdm
 
 from . import figures
+from .arguments import progress
 from .atomic import write_json, write_table
 from .classes import CLASSES
 from .data import fill_polygon, read_annotations, read_image
@@ -250,3 +252,19 @@ def _summary(image_stats: pd.DataFrame, outliers: pd.DataFrame, train_images: in
     for warning in warnings:
         log.warning("%s", warning)
     return summary
+
+
+# -- the command line: `handbone eda` (cli.py dispatches) --
+
+
+def eda_command(args) -> None:
+    from .data import read_index
+
+    summary = run_eda(read_index(args.index), args.out_dir, progress=progress(args))
+    log.info("EDA written to %s; outlier findings: %s", args.out_dir, summary["outlier_findings"] or "none")
+
+
+def eda_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=eda_command)
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--out-dir", required=True)

@@ -7,7 +7,9 @@ Everything streams image by image and works on each class's crop (see
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,9 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from . import probmaps
+from .arguments import progress
 from .atomic import atomic_path
 from .classes import NUM_CLASSES
 from .errors import DataError
+
+log = logging.getLogger("handbone")
 
 
 def uniform_weights(models: int) -> np.ndarray:
@@ -130,3 +135,21 @@ def mean_quantized(paths: list[str | Path]) -> np.ndarray:
     for number, ((top, bottom, left, right), crop) in enumerate(zip(boxes, crops)):
         result[number, top:bottom, left:right] = crop
     return result
+
+
+# -- the command line: `handbone ensemble` (cli.py dispatches) --
+
+
+def ensemble_command(args) -> None:
+    ensemble_maps(args.inputs, args.out_dir, args.weights, progress=progress(args), workers=args.threads)
+    log.info("ensemble of %d model(s) written to %s", len(args.inputs), args.out_dir)
+
+
+def ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=ensemble_command)
+    parser.add_argument(
+        "--inputs", nargs="+", required=True, help="folders of .npz maps, one per model (.../{model}/test)"
+    )
+    parser.add_argument("--weights", help="weights.json written by fit-ensemble; without it, the uniform mean")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1, help="images processed at once")

@@ -25,6 +25,7 @@ are free, the longest remaining chain first.
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import logging
 import os
@@ -617,3 +618,60 @@ def measure_host(runs: list[tuple[str | Path, list[str]]], out: str | Path, host
             cost["s_per_mpix"] = round(float(seen[:, 2].sum() / seen[:, 1].sum()), 4)
     Path(out).write_text(yaml.safe_dump(host, sort_keys=False))
     return host
+
+
+# -- the command line: `handbone estimate` (cli.py dispatches) --
+
+
+def estimate_command(args) -> None:
+    images = None
+    if args.train_images is not None or args.test_images is not None or args.image_side is not None:
+        values = config.load_config(workflow_configs(args.configfile))
+        images = count_images(values, args.train_images, args.test_images, args.image_side)
+    result = estimate(
+        args.configfile,
+        args.costs,
+        args.gpus,
+        args.cores or default_cores(args.costs, args.gpus),
+        pending=args.pending,
+        images=images,
+        host_path=args.host,
+    )
+    print(result.text())
+
+
+def estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=estimate_command)
+    parser.add_argument(
+        "--configfile",
+        action="append",
+        required=True,
+        help="config file as given to snakemake (config.yaml is read first, as the Snakefile does); repeatable",
+    )
+    parser.add_argument(
+        "--costs",
+        default="v100-16gb",
+        help="cost table: v100-16gb or a100-40gb (published figures, shipped), cpu (measured on a 2-core CI "
+        "machine) or a .yaml file from `python benchmarks/models.py --costs-out FILE` on your device "
+        "(default: v100-16gb)",
+    )
+    parser.add_argument("--gpus", type=int, default=1, help="GPU slots, as --resources gpu=N (default: 1)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        help="cores, as snakemake --cores (default: 8 per GPU slot with a GPU table, the server the estimate "
+        "plans for, as `--cores 24 --resources gpu=3`; this machine's with the cpu table)",
+    )
+    parser.add_argument(
+        "--pending", action="store_true", help="only the jobs still to run here (default: the whole run, --forceall)"
+    )
+    parser.add_argument(
+        "--train-images", type=int, help="training images (default: from data.root or the synthetic set)"
+    )
+    parser.add_argument("--test-images", type=int, help="test images (default: as --train-images)")
+    parser.add_argument("--image-side", type=int, help="image side in pixels (default: as --train-images)")
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="host cost table (default: the shipped one, measured with benchmarks/host.py on the demo)",
+    )

@@ -8,6 +8,7 @@ the outlier rules (wrong labels) are left out of the fit.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
+from .arguments import json_argument, progress
 from .atomic import write_json, write_table
 from .cache import original_labels
 from .classes import CLASSES, NUM_CLASSES
@@ -331,11 +333,13 @@ def oof_inputs(oof_dirs: list, folds_path: str | Path) -> tuple[list[str], list]
     return list(model_dirs), oof_maps(folds_path, model_dirs)
 
 
-def write_ensemble_fit(oof_dirs, folds_path, cache_dir, mode: str, weight_step: float, out, table_out, progress=True):
+def write_ensemble_fit(oof_dirs, folds_path, cache_dir, options: dict, out, table_out, progress=True):
     """``handbone fit-ensemble``: the chosen weights (JSON) and the table of
-    OOF Dice per model and ensemble (CSV)."""
+    OOF Dice per model and ensemble (CSV). ``options``: the ensemble section
+    (what it leaves out: config.yaml's)."""
+    options = config.section("ensemble", options, "fit-ensemble --options")
     models, images = oof_inputs(oof_dirs, folds_path)
-    chosen, table = fit_ensemble(images, models, cache_dir, mode, weight_step, progress)
+    chosen, table = fit_ensemble(images, models, cache_dir, options["mode"], options["weight_step"], progress)
     write_json(chosen, out)
     write_table(table, table_out)
     for _, row in table.iterrows():
@@ -397,3 +401,63 @@ def write_postprocess_fit(
         per_class_dice(rows, Path(figure), "Out-of-fold Dice per class: models, ensemble, after post-processing")
     log.info("post-processing steps kept: %s", ", ".join(name for name, value in kept.items() if value) or "none")
     return params, table, kept
+
+
+def oof_source(sub):
+    sub.add_argument(
+        "--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)"
+    )
+    sub.add_argument("--folds", required=True, help="folds CSV (excluded images are left out of the fit)")
+    sub.add_argument("--cache", required=True, help="preprocessing cache (the labels)")
+
+
+# -- the command line: `handbone fit-ensemble, fit-postprocess` (cli.py dispatches) --
+
+
+def fit_ensemble_command(args) -> None:
+    write_ensemble_fit(args.oof, args.folds, args.cache, args.options, args.out, args.table, progress(args))
+
+
+def fit_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=fit_ensemble_command)
+    oof_source(parser)
+    parser.add_argument(
+        "--options", type=json_argument, default={}, help="ensemble section as JSON (what it leaves out: config.yaml's)"
+    )
+    parser.add_argument("--out", required=True, help="weights.json to write")
+    parser.add_argument("--table", required=True, help="CSV of OOF Dice per model and ensemble")
+
+
+def fit_postprocess_command(args) -> None:
+    write_postprocess_fit(
+        args.oof,
+        args.folds,
+        args.cache,
+        args.ensemble,
+        args.options,
+        args.out,
+        args.table,
+        args.ensemble_table,
+        args.figure,
+        progress(args),
+        args.summary,
+    )
+
+
+def fit_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=fit_postprocess_command)
+    oof_source(parser)
+    parser.add_argument("--ensemble", required=True, help="weights.json written by fit-ensemble")
+    parser.add_argument("--ensemble-table", help="fit-ensemble's CSV, put in front of this step's rows")
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help="postprocess section as JSON (what it leaves out: config.yaml's)",
+    )
+    parser.add_argument("--out", required=True, help="params.json to write")
+    parser.add_argument("--table", required=True, help="CSV of OOF Dice after each step")
+    parser.add_argument("--figure", help="PNG of the OOF Dice per class of the models and the final ensemble")
+    parser.add_argument(
+        "--summary", help="JSON of the mean OOF Dice per model, of the fitted ensemble and after post-processing"
+    )

@@ -17,6 +17,7 @@ image it is padded with black, the background of a radiograph.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
+from .arguments import json_argument, progress
 from .atomic import write_table
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
@@ -441,3 +443,24 @@ def _log_findings(table: pd.DataFrame) -> None:
             table.loc[inside.idxmin(), "image_name"],
         )
     log.info("%d of %d images mirrored", int(table["flip"].sum()), len(table))
+
+
+# -- the command line: `handbone frames` (cli.py dispatches) --
+
+
+def frames_command(args) -> None:
+    table = write_frames(args.index, args.image_stats, args.options, args.out, progress=progress(args))
+    log.info("frames of %d images written to %s (%d mirrored)", len(table), args.out, int(table["flip"].sum()))
+
+
+def frames_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=frames_command)
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--image-stats", required=True, help="the EDA's image_stats.csv (the side from the labels)")
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help="preprocess section as JSON (what it leaves out: config.yaml's)",
+    )
+    parser.add_argument("--out", required=True, help="frames CSV")

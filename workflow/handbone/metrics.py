@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -195,3 +196,49 @@ def write_holdout_scores(submission, index_path, ground_truth, out_dir) -> dict:
     write_table(per_class, out / "holdout_per_class.csv")
     write_json(summary, out / "holdout.json")
     return summary
+
+
+# -- the command line: `handbone cv-summary, cv-combine, score` (cli.py dispatches) --
+
+
+def cv_summary_command(args) -> None:
+    write_cv_summary(args.metrics, args.out, args.history, args.history_out, args.figure)
+
+
+def cv_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=cv_summary_command)
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json files written by train")
+    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--history", nargs="*", default=[], help="history.csv files written by train (fold{k}/history.csv)"
+    )
+    parser.add_argument("--history-out", help="the histories in one CSV with a fold column")
+    parser.add_argument("--figure", help="PNG of the learning curves")
+
+
+def cv_combine_command(args) -> None:
+    write_cv_combined(args.tables, args.out, args.metrics_out, args.figure)
+
+
+def cv_combine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=cv_combine_command)
+    parser.add_argument("--tables", nargs="+", required=True, help="per-model tables written by cv-summary")
+    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--metrics-out", required=True, help="JSON of the mean and per-fold Dice per model (DVC metrics)"
+    )
+    parser.add_argument("--figure", help="PNG of the Dice per class and model")
+
+
+def score_command(args) -> None:
+    write_holdout_scores(args.submission, args.index, args.ground_truth, args.out_dir)
+
+
+def score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=score_command)
+    parser.add_argument("--submission", required=True)
+    parser.add_argument("--index", required=True)
+    parser.add_argument(
+        "--ground-truth", help="folder with outputs_json/ID###/<stem>.json; without it, record that there is no score"
+    )
+    parser.add_argument("--out-dir", required=True)

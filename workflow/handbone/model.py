@@ -4,6 +4,7 @@ from a Hugging Face Hub cache that ``handbone fetch-weights`` fills."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import math
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import config
+from .arguments import json_argument, use_weights_cache
 from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .errors import ConfigError, DataError, MissingInput, MissingWeights
@@ -625,3 +628,68 @@ def fetch_weights(resolved_config: dict, config_files) -> dict:
         {"config_files": list(config_files), "models": fetched}, Path(weights_cache_folder()) / "handbone-fetched.json"
     )
     return fetched
+
+
+# -- the command line: `handbone check-models, fetch-weights` (cli.py dispatches) --
+
+
+def check_models_command(args) -> None:
+    if (args.models is None) == (not args.configfile):
+        raise ConfigError("check-models takes either --configfile or --models (with --options and --scales)")
+    if args.configfile:
+        values = config.load_config(args.configfile)
+        use_weights_cache(args.weights_cache or values["weights"]["cache_dir"], online=False)
+        models = config.model_specs(values)
+        options = {name: config.train_options(values, name) for name in models}
+        scales = values["predict"]["scales"]
+    else:
+        models = {name: config.model_spec(spec, f"--models: models.{name}") for name, spec in args.models.items()}
+        options, scales = args.options, args.scales or config.default("predict.scales")
+    check_models(models, options, scales, args.out)
+
+
+def check_models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=check_models_command)
+    parser.add_argument(
+        "--configfile",
+        action="append",
+        help="config file(s), merged in order as for fetch-weights (e.g. config.yaml, then configs/second_team.yaml): "
+        "check every model they configure with its training options and test-time scales, reading the weights "
+        "cache weights.cache_dir unless --weights-cache is given. Instead of --models",
+    )
+    parser.add_argument(
+        "--models",
+        type=json_argument,
+        help="JSON {name: {arch, encoder, encoder_weights, kwargs}} (the workflow's gate)",
+    )
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help="with --models: JSON {name: training options}: input size and mode, batch size "
+        "(what they leave out: config.yaml's)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        help=f"with --models: test-time scales (resize-mode models see each; default: {config.default('predict.scales')})",
+    )
+    parser.add_argument("--out", help="JSON file for {parameters: {model: count}} (default: none written)")
+
+
+def fetch_weights_command(args) -> None:
+    config_values = config.load_config(args.configfile)
+    use_weights_cache(args.weights_cache or config_values["weights"]["cache_dir"], online=True)
+    fetch_weights(config_values, args.configfile)
+
+
+def fetch_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=fetch_weights_command)
+    parser.add_argument(
+        "--configfile",
+        action="append",
+        required=True,
+        help="config file; several are merged in order as Snakemake merges them (e.g. config.yaml, "
+        "then configs/competition.yaml). The cache is weights.cache_dir unless --weights-cache is given",
+    )

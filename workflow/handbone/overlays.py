@@ -3,17 +3,23 @@ for a person to judge predictions where no labels exist."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .arguments import progress
 from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_image
 from .errors import MissingInput
-from .postprocess import PostprocessParams, class_mask, smoothed
+from .postprocess import PostprocessParams, class_mask, postprocess_params, postprocess_source, smoothed
+from .predict import image_source, images_of
+
+log = logging.getLogger("handbone")
 
 
 def class_colours() -> np.ndarray:
@@ -116,3 +122,25 @@ def write_overlays(
             if not cv2.imwrite(str(target), picture):
                 raise OSError(f"{target}: could not write the overlay")
     return Path(out_dir)
+
+
+# -- the command line: `handbone overlays` (cli.py dispatches) --
+
+
+def overlays_command(args) -> None:
+    images = images_of(args)
+    items = overlay_items(images[: args.limit] if args.limit else images, args.maps)
+    write_overlays(items, args.out_dir, postprocess_params(args), args.max_side, progress(args))
+    log.info("%d overlay pictures written to %s", len(items), args.out_dir)
+
+
+def overlays_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=overlays_command)
+    image_source(parser)
+    parser.add_argument(
+        "--maps", nargs="+", required=True, help="folders of .npz maps (one per model; their mean is drawn)"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    postprocess_source(parser, "params.json written by fit-postprocess (the submission's masks)")
+    parser.add_argument("--max-side", type=int, default=1024, help="longest side of a picture in pixels")
+    parser.add_argument("--out-dir", required=True)

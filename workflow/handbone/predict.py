@@ -3,7 +3,9 @@ and extra image folders (e.g. real radiographs without labels)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
+from .arguments import json_argument, progress
 from .atomic import atomic_path
 from .cache import network_input
 from .data import read_folds, read_image, read_index
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .frames import (
     SIDE_CHECKS,
     frame_for,
@@ -200,3 +203,112 @@ def surer_orientation(name, raw, frame, image, probabilities, groups, device, op
         f"side changed to {other_side}" if changed else f"{framed_side} kept",
     )
     return (mirrored, mirrored_image, mirrored_maps, record) if changed else (frame, image, probabilities, record)
+
+
+def image_source(sub):
+    sub.add_argument("--index", help="index CSV; the images of --split (or of --fold's validation part)")
+    sub.add_argument("--split", default="test", choices=["train", "test"])
+    sub.add_argument("--folds", help="folds CSV (with --fold)")
+    sub.add_argument("--fold", type=int, help="the training images of this fold (out-of-fold prediction)")
+    sub.add_argument("--images-dir", help="instead of the index: every PNG under this folder (no labels needed)")
+
+
+def prediction_arguments(sub):
+    """The options of a prediction command: two config sections as JSON,
+    as training takes its own."""
+    sub.add_argument(
+        "--preprocess",
+        type=json_argument,
+        default={},
+        metavar="JSON",
+        help="preprocess section as JSON, as for training (what it leaves out: config.yaml's)",
+    )
+    sub.add_argument(
+        "--frames", help="frames CSV (rule frames); an image it does not list gets its frame estimated from its pixels"
+    )
+    sub.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        metavar="JSON",
+        help="predict section as JSON (what it leaves out: config.yaml's): "
+        + ", ".join(config.PREDICT_COMMAND_OPTIONS)
+        + ', e.g. \'{"scales": [0.8, 1.0, 1.2], "precision": "float32"}\'. hflip (flip TTA) auto: on unless '
+        "--preprocess mirrors every hand into a right one; precision auto: float16 on CUDA, float32 on the CPU "
+        "(docs/prediction.md, 'Running it by hand')",
+    )
+
+
+def images_of(args):
+    """The images a predict or overlays command works on."""
+    if args.images_dir:
+        return folder_images(args.images_dir)
+    if not args.index:
+        raise ConfigError("give --index (with --split) or --images-dir")
+    if args.fold is not None:
+        if not args.folds:
+            raise ConfigError("--fold needs --folds (the folds CSV)")
+        return validation_images(args.index, args.folds, args.fold)
+    return split_images(args.index, args.split)
+
+
+def prediction_options(args) -> tuple[dict, dict]:
+    """The preprocess section of --preprocess and the prediction options
+    of --options (the predict section), each completed with config.yaml's
+    values and checked, the options' auto values resolved as the workflow
+    resolves them (``config.predict_options``). What the flip TTA does, and
+    why, is logged."""
+    preprocess = config.section("preprocess", args.preprocess, "--preprocess")
+    given = config.section("predict", args.options, "--options")
+    options = config.predict_options(given, preprocess)
+    flip = "on" if options["hflip"] else "off"
+    if given["hflip"] == "auto":
+        log.info(
+            "horizontal-flip TTA %s: predict.hflip auto with preprocess.unify_side %s", flip, preprocess["unify_side"]
+        )
+    else:
+        log.info("horizontal-flip TTA %s: predict.hflip %s", flip, json.dumps(given["hflip"]))
+    if options["hflip"] and preprocess["unify_side"] == "right":
+        log.warning(
+            "flip TTA with one-hand frames (preprocess.unify_side right) shows networks that learnt right hands "
+            "left ones; the workflow refuses it unless checks.allow names %s (docs/training.md)",
+            config.HFLIP_TTA,
+        )
+    log.info("prediction options: %s", json.dumps(options, sort_keys=True))
+    return preprocess, options
+
+
+# -- the command line: `handbone predict` (cli.py dispatches) --
+
+
+def predict_command(args) -> None:
+    from .devices import torch_device
+
+    preprocess, options = prediction_options(args)
+    device = torch_device(args.threads)
+    images = images_of(args)
+    predict_images(
+        images,
+        args.checkpoints,
+        args.out_dir,
+        preprocess,
+        device,
+        options["hflip"],
+        progress(args),
+        options["scales"],
+        options["overlap"],
+        options["batch_size"],
+        description=f"predict {len(images)} images",
+        frames_path=args.frames,
+        precision=options["precision"],
+    )
+    log.info("probability maps of %d images written to %s", len(images), args.out_dir)
+
+
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=predict_command)
+    image_source(parser)
+    parser.add_argument("--checkpoints", nargs="+", required=True)
+    prediction_arguments(parser)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1)

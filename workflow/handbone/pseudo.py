@@ -26,6 +26,7 @@ cache (``preprocess``), so training reads them like real ones:
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
+from .arguments import progress
 from .atomic import atomic_path
 from .cache import network_input, write_entry
 from .classes import CLASSES
@@ -42,7 +44,14 @@ from .errors import ConfigError, DataError
 from .frames import FRAME_FIELDS, frame_for, read_frames, read_unsure_sides, unsure_side_confidence
 from .masks import pack_mask
 from .metrics import class_confidence
-from .predict import inference_options, load_model_groups, mean_probabilities, surer_orientation
+from .predict import (
+    inference_options,
+    load_model_groups,
+    mean_probabilities,
+    prediction_arguments,
+    prediction_options,
+    surer_orientation,
+)
 
 log = logging.getLogger("handbone")
 
@@ -168,3 +177,54 @@ def write_pseudo_labels(
             table["confidence"].max(),
         )
     return table
+
+
+# -- the command line: `handbone pseudo-label` (cli.py dispatches) --
+
+
+def pseudo_label_command(args) -> None:
+    from .devices import torch_device
+
+    preprocess, options = prediction_options(args)
+    device = torch_device(args.threads)
+    write_pseudo_labels(
+        args.index,
+        args.checkpoints,
+        args.out_dir,
+        preprocess,
+        device,
+        args.confidence,
+        args.pixel_confidence,
+        args.ignore_uncertain,
+        progress(args),
+        frames_path=args.frames,
+        **options,
+    )
+
+
+def pseudo_label_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=pseudo_label_command)
+    parser.add_argument("--index", required=True, help="index CSV (its test images are labelled)")
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="the previous round's models of one fold")
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=config.default("pseudo_label.confidence"),
+        help="keep an image if the Dice the models expect of their own mask (mean over classes) is at least this "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pixel-confidence",
+        type=float,
+        default=config.default("pseudo_label.pixel_confidence"),
+        help="a pixel is sure if its probability is >= this or <= 1 - this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ignore-uncertain",
+        action=argparse.BooleanOptionalAction,
+        default=config.default("pseudo_label.ignore_uncertain"),
+        help="mark unsure pixels so that training leaves them out of the loss (default: %(default)s)",
+    )
+    prediction_arguments(parser)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1)

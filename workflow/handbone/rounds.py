@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def write_round_comparison(oof_tables, holdout_tables, label_dirs, out, figure=N
     for _, row in table.iterrows():
         log.info("round %d, %s: mean Dice %.4f", row["round"], row["scored_on"], row["mean_dice"])
     return table
+
+
+# -- the command line: `handbone compare-rounds` (cli.py dispatches) --
+
+
+def compare_rounds_command(args) -> None:
+    write_round_comparison(args.oof_tables, args.holdout_tables, args.labels, args.out, args.figure)
+
+
+def compare_rounds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=compare_rounds_command)
+    parser.add_argument(
+        "--oof-tables", nargs="+", required=True, help="each round's postprocess/oof_scores.csv, round 1 first"
+    )
+    parser.add_argument("--holdout-tables", nargs="+", required=True, help="each round's scores/holdout_per_class.csv")
+    parser.add_argument("--labels", nargs="*", default=[], help="the pseudo-label caches (round*/labels/fold*)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--figure", help="PNG of the Dice per class and round")

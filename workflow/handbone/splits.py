@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+from . import config
+from .arguments import json_argument
 from .atomic import write_table
 from .data import read_index
 from .errors import ConfigError
@@ -87,3 +90,60 @@ def write_folds(
         len(table),
     )
     return table
+
+
+# -- the command line: `handbone split` (cli.py dispatches) --
+
+
+def split_command(args) -> None:
+    write_folds(
+        args.index,
+        args.out,
+        args.folds,
+        args.stratify,
+        args.image_stats,
+        args.outliers,
+        args.exclude_reasons,
+        args.exclude,
+        args.include,
+        args.excluded_out,
+    )
+
+
+def split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=split_command)
+    parser.add_argument("--index", required=True)
+    parser.add_argument(
+        "--folds", type=int, default=config.default("cv.folds"), help="number of folds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--stratify",
+        choices=["none", "pose"],
+        default="none",
+        help="pose: also balance folds for bent/rotated hands, from --image-stats "
+        "(the workflow passes cv.stratify; by hand, without image stats: none)",
+    )
+    parser.add_argument("--image-stats", help="image_stats.csv written by eda (needed by --stratify pose)")
+    parser.add_argument("--outliers", help="outliers.csv written by eda; without it no image is excluded")
+    parser.add_argument(
+        "--exclude-reasons",
+        type=json_argument,
+        default=config.default("outliers.exclude_reasons"),
+        help="JSON list of outlier reasons that exclude an image (default: outliers.exclude_reasons of config.yaml)",
+    )
+    parser.add_argument(
+        "--exclude",
+        type=json_argument,
+        default=config.default("outliers.exclude"),
+        help="JSON list of image names always excluded",
+    )
+    parser.add_argument(
+        "--include",
+        type=json_argument,
+        default=config.default("outliers.include"),
+        help="JSON list of image names never excluded (wins)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="folds CSV: image_name, person_id, fold, excluded, exclusion_reason"
+    )
+    parser.add_argument("--excluded-out", help="also write the excluded images alone to this CSV")

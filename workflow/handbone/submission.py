@@ -3,6 +3,7 @@ post-processing every test image's map into run-length encoded masks."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from . import probmaps, rle
+from .arguments import progress
 from .atomic import atomic_path
 from .classes import CLASSES
 from .data import read_index
 from .ensemble import in_parallel
 from .errors import MissingInput, SubmissionError
-from .postprocess import PostprocessParams, class_mask, smoothed
+from .postprocess import PostprocessParams, class_mask, postprocess_params, postprocess_source, smoothed
 
 log = logging.getLogger("handbone")
 
@@ -136,3 +138,37 @@ def validate_for_index(path: str | Path, index_path: str | Path | None = None) -
     images = validate(path, sizes)
     log.info("%s is a valid submission (%d images, %d rows)", path, images, images * len(CLASSES))
     return images
+
+
+# -- the command line: `handbone submit, validate-submission` (cli.py dispatches) --
+
+
+def submit_command(args) -> None:
+    write_submission(
+        args.probabilities,
+        args.index,
+        args.out,
+        postprocess_params(args),
+        progress=progress(args),
+        workers=args.threads,
+    )
+    validate_for_index(args.out, args.index)
+
+
+def submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=submit_command)
+    parser.add_argument("--probabilities", required=True, help="folder of .npz maps")
+    parser.add_argument("--index", required=True)
+    postprocess_source(parser, "params.json written by fit-postprocess")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=1, help="images processed at once")
+
+
+def validate_submission_command(args) -> None:
+    validate_for_index(args.submission, args.index)
+
+
+def validate_submission_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=validate_submission_command)
+    parser.add_argument("submission")
+    parser.add_argument("--index", help="index CSV: also check every test image is present and runs fit its size")

@@ -8,7 +8,9 @@ run's own result files, none is typed in.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from .data import read_folds, read_index
 from .errors import DataError, MissingInput
 from .fitting import MODEL_STEP, UNIFORM_STEP
 from .frames import LOW_SIDE_CONFIDENCE, SIDE_CHECKS, SIDE_METHODS, disagreeing_sides, labels_inside_crop, unsure_sides
+
+log = logging.getLogger("handbone")
 
 # The files the summary reads, by the name of their command-line option.
 FILES = {
@@ -299,3 +303,20 @@ def write_run_summary(files: dict, out: str | Path) -> Path:
     with atomic_path(out) as temporary:
         temporary.write_text(text)
     return Path(out)
+
+
+# -- the command line: `handbone run-summary` (cli.py dispatches) --
+
+
+def run_summary_command(args) -> None:
+    write_run_summary({name: getattr(args, name) for name in (*FILES, *FOLDERS)}, args.out)
+    log.info("run summary written to %s", args.out)
+
+
+def run_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=run_summary_command)
+    for name, help_text in FILES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+    for name, help_text in FOLDERS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", nargs="*", default=[], help=help_text)
+    parser.add_argument("--out", required=True, help="reStructuredText file to write")

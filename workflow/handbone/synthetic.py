@@ -57,9 +57,13 @@ side of a right hand, y pointing down as in images.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
+import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +72,13 @@ import numpy as np
 from tqdm import tqdm
 
 from . import config
+from .arguments import progress
 from .atomic import atomic_path
 from .classes import CLASSES, OSSIFICATION_AGE
 from .data import polygon_area
 from .errors import ConfigError
+
+log = logging.getLogger("handbone")
 
 # Per ray: metacarpal base (x, y), metacarpal direction in degrees from
 # "straight up" (positive towards the little finger), extra fan-out angle
@@ -957,3 +964,27 @@ def generate(out: str | Path, config: SyntheticConfig, progress: bool = True) ->
             writer.writerow(["image_name", "split", "person_id", "hand", "kind", "code", "detail"])
             writer.writerows(manifest)
     return out
+
+
+# -- the command line: `handbone demo-data` (cli.py dispatches) --
+
+
+def demo_data_command(args) -> None:
+    values = {option.name: getattr(args, option.name) for option in dataclasses.fields(SyntheticConfig)}
+    out = generate(args.out, SyntheticConfig(**values), progress=progress(args))
+    log.info("synthetic data set written to %s (data root: %s)", out, out / "data")
+
+
+def demo_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=demo_data_command)
+    parser.add_argument("--out", required=True, help="output folder (gets data/ and ground_truth/)")
+    # The annotations, not the defaults' types: a float option may default to a whole number in config.yaml.
+    types = typing.get_type_hints(SyntheticConfig)
+    for option in dataclasses.fields(SyntheticConfig):
+        parser.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            dest=option.name,
+            type=types[option.name],
+            default=option.default,
+            help=f"synthetic.{option.name} (default: %(default)s)",
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import config
+from .arguments import json_argument, progress
 from .atomic import atomic_path
 from .cache import CacheEntry, verify_cache
 from .classes import CLASSES
@@ -581,3 +583,49 @@ def train_fold(
     started = time.monotonic()
     trainer.fit(progress)
     return trainer.write_outputs(time.monotonic() - started)
+
+
+# -- the command line: `handbone train` (cli.py dispatches) --
+
+
+def train_command(args) -> None:
+    from .devices import torch_device
+
+    spec = config.model_spec(args.model_spec, "--model-spec")
+    device = torch_device(args.threads)
+    log.info("training fold %d of %s on %s", args.fold, spec, device)
+    workers = max(0, args.threads - 1) if device.type == "cuda" else 0
+    metrics = train_fold(
+        args.cache,
+        args.folds,
+        args.fold,
+        spec,
+        args.options,
+        args.out_dir,
+        device,
+        workers,
+        progress(args),
+        pseudo_dir=args.pseudo_labels,
+    )
+    log.info("fold %d: best validation Dice %.4f at epoch %d", args.fold, metrics["val_dice"], metrics["best_epoch"])
+
+
+def train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(function=train_command)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--folds", required=True, help="folds CSV")
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument(
+        "--model-spec", type=json_argument, required=True, help='JSON, e.g. \'{"arch": "Unet", "encoder": "resnet18"}\''
+    )
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help="train section as JSON, e.g. '{\"epochs\": 5}' (what it leaves out: config.yaml's)",
+    )
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--pseudo-labels", help="pseudo-label cache (written by pseudo-label) added to the training part"
+    )

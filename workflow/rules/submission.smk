@@ -21,11 +21,10 @@ rule fit_ensemble:
     params:
         # The models' OOF folders, from input.oof's fold folders (so also in pseudo.smk's rounds).
         oof=lambda wildcards, input: list(dict.fromkeys(os.path.dirname(fold) for fold in input.oof)),
-        mode=config["ensemble"]["mode"],
-        step=config["ensemble"]["weight_step"],
+        options=as_json(config["ensemble"]),
     shell:
         "python -m handbone --quiet fit-ensemble --oof {params.oof:q} --folds {input.folds:q} --cache {input.cache:q}"
-        " --mode {params.mode:q} --weight-step {params.step:q} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
+        " --options {params.options:q} --out {output.weights:q} --table {output.table:q} 2> {log:q}"
 
 
 rule fit_postprocess:
