@@ -85,10 +85,23 @@ def arguments_function(command: str):
     return getattr(module, command.replace("-", "_") + "_arguments")
 
 
+def command_position(argv: list[str]) -> int:
+    """Where in ``argv`` the subcommand stands: its first item, after the
+    global options and their values, that names one (a weights cache folder
+    may be called ``index``); ``len(argv)`` where none does."""
+    taking_values = {
+        option for action in global_options()._actions if action.nargs != 0 for option in action.option_strings
+    }
+    position = 0
+    while position < len(argv) and argv[position] not in COMMANDS:
+        position += 2 if argv[position] in taking_values else 1
+    return min(position, len(argv))
+
+
 def named_command(argv: list[str]) -> str | None:
-    """The subcommand ``argv`` names: its first item that is one (the global
-    options before it take no value that could be a command's name)."""
-    return next((item for item in argv if item in COMMANDS), None)
+    """The subcommand ``argv`` names, if any."""
+    position = command_position(argv)
+    return argv[position] if position < len(argv) else None
 
 
 def global_options() -> argparse.ArgumentParser:
@@ -120,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     # The weights cache is set before the command's module (and the hub under it) is imported.
-    command = named_command(argv)
-    known, _ = global_options().parse_known_args(argv[: argv.index(command)] if command else argv)
-    use_weights_cache(known.weights_cache, online=command == "fetch-weights")
+    # Without a command nothing runs: the parser prints the help or the error.
+    position = command_position(argv)
+    if position < len(argv):
+        known, _ = global_options().parse_known_args(argv[:position])
+        use_weights_cache(known.weights_cache, online=argv[position] == "fetch-weights")
     args = build_parser(argv).parse_args(argv)
     try:
         args.function(args)

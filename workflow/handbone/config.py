@@ -186,9 +186,10 @@ def predict_options(predict: dict, preprocess: dict) -> dict:
     """The options of a prediction command, from the complete predict and
     preprocess sections: the one place their ``auto`` values are resolved
     for the workflow (common.smk hands the result to the command as its
-    JSON ``--options``) and for a command run by hand (cli.py). hflip
-    becomes true or false (``tta_hflip``); precision auto stays auto, as
-    only the device decides it (``devices.autocast_dtype``)."""
+    JSON ``--options``) and for a command run by hand
+    (``predict.prediction_options``). hflip becomes true or false
+    (``tta_hflip``); precision auto stays auto, as only the device decides
+    it (``devices.autocast_dtype``)."""
     options = {key: copy.deepcopy(predict[key]) for key in PREDICT_COMMAND_OPTIONS}
     options["hflip"] = tta_hflip(options["hflip"], preprocess)
     return options

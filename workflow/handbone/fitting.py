@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
-from .arguments import json_argument, progress
+from .arguments import json_argument, oof_source, progress
 from .atomic import write_json, write_table
 from .cache import original_labels
 from .classes import CLASSES, NUM_CLASSES
@@ -401,14 +401,6 @@ def write_postprocess_fit(
         per_class_dice(rows, Path(figure), "Out-of-fold Dice per class: models, ensemble, after post-processing")
     log.info("post-processing steps kept: %s", ", ".join(name for name, value in kept.items() if value) or "none")
     return params, table, kept
-
-
-def oof_source(sub):
-    sub.add_argument(
-        "--oof", nargs="+", required=True, help="per model, its folder of fold*/ out-of-fold maps (.../{model}/oof)"
-    )
-    sub.add_argument("--folds", required=True, help="folds CSV (excluded images are left out of the fit)")
-    sub.add_argument("--cache", required=True, help="preprocessing cache (the labels)")
 
 
 # -- the command line: `handbone fit-ensemble, fit-postprocess` (cli.py dispatches) --

@@ -11,13 +11,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .arguments import progress
+from .arguments import image_source, postprocess_source, progress
 from .atomic import atomic_path
 from .classes import CLASSES, NUM_CLASSES
 from .data import read_image
 from .errors import MissingInput
-from .postprocess import PostprocessParams, class_mask, postprocess_params, postprocess_source, smoothed
-from .predict import image_source, images_of
+from .postprocess import PostprocessParams, class_mask, postprocess_params, smoothed
 
 log = logging.getLogger("handbone")
 
@@ -128,6 +127,9 @@ def write_overlays(
 
 
 def overlays_command(args) -> None:
+    # predict.py imports PyTorch: not at the top, where analysis.py, importing masks_of, would pay for it.
+    from .predict import images_of
+
     images = images_of(args)
     items = overlay_items(images[: args.limit] if args.limit else images, args.maps)
     write_overlays(items, args.out_dir, postprocess_params(args), args.max_side, progress(args))

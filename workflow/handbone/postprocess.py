@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import config
 from .classes import NUM_CLASSES
 from .errors import DataError
 
@@ -106,17 +105,6 @@ def class_mask(crop: np.ndarray, number: int, params: PostprocessParams) -> np.n
         labels, areas = component_areas(mask)
         mask = kept_components(areas, params.min_area[number], params.largest[number])[labels]
     return mask
-
-
-def postprocess_source(sub, params_help: str) -> None:
-    """The masks' post-processing: fitted params, else one threshold."""
-    sub.add_argument("--params", help=params_help)
-    sub.add_argument(
-        "--threshold",
-        type=float,
-        default=config.default("postprocess.threshold"),
-        help="without --params: one threshold, nothing removed (default: %(default)s)",
-    )
 
 
 def postprocess_params(args):

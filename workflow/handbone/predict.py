@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
-from .arguments import json_argument, progress
+from .arguments import image_source, prediction_arguments, progress
 from .atomic import atomic_path
 from .cache import network_input
 from .data import read_folds, read_image, read_index
@@ -203,40 +203,6 @@ def surer_orientation(name, raw, frame, image, probabilities, groups, device, op
         f"side changed to {other_side}" if changed else f"{framed_side} kept",
     )
     return (mirrored, mirrored_image, mirrored_maps, record) if changed else (frame, image, probabilities, record)
-
-
-def image_source(sub):
-    sub.add_argument("--index", help="index CSV; the images of --split (or of --fold's validation part)")
-    sub.add_argument("--split", default="test", choices=["train", "test"])
-    sub.add_argument("--folds", help="folds CSV (with --fold)")
-    sub.add_argument("--fold", type=int, help="the training images of this fold (out-of-fold prediction)")
-    sub.add_argument("--images-dir", help="instead of the index: every PNG under this folder (no labels needed)")
-
-
-def prediction_arguments(sub):
-    """The options of a prediction command: two config sections as JSON,
-    as training takes its own."""
-    sub.add_argument(
-        "--preprocess",
-        type=json_argument,
-        default={},
-        metavar="JSON",
-        help="preprocess section as JSON, as for training (what it leaves out: config.yaml's)",
-    )
-    sub.add_argument(
-        "--frames", help="frames CSV (rule frames); an image it does not list gets its frame estimated from its pixels"
-    )
-    sub.add_argument(
-        "--options",
-        type=json_argument,
-        default={},
-        metavar="JSON",
-        help="predict section as JSON (what it leaves out: config.yaml's): "
-        + ", ".join(config.PREDICT_COMMAND_OPTIONS)
-        + ', e.g. \'{"scales": [0.8, 1.0, 1.2], "precision": "float32"}\'. hflip (flip TTA) auto: on unless '
-        "--preprocess mirrors every hand into a right one; precision auto: float16 on CUDA, float32 on the CPU "
-        "(docs/prediction.md, 'Running it by hand')",
-    )
 
 
 def images_of(args):

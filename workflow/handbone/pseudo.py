@@ -35,7 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
-from .arguments import progress
+from .arguments import prediction_arguments, progress
 from .atomic import atomic_path
 from .cache import network_input, write_entry
 from .classes import CLASSES
@@ -44,14 +44,7 @@ from .errors import ConfigError, DataError
 from .frames import FRAME_FIELDS, frame_for, read_frames, read_unsure_sides, unsure_side_confidence
 from .masks import pack_mask
 from .metrics import class_confidence
-from .predict import (
-    inference_options,
-    load_model_groups,
-    mean_probabilities,
-    prediction_arguments,
-    prediction_options,
-    surer_orientation,
-)
+from .predict import inference_options, load_model_groups, mean_probabilities, prediction_options, surer_orientation
 
 log = logging.getLogger("handbone")
 

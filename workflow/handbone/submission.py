@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from . import probmaps, rle
-from .arguments import progress
+from .arguments import postprocess_source, progress
 from .atomic import atomic_path
 from .classes import CLASSES
 from .data import read_index
 from .ensemble import in_parallel
 from .errors import MissingInput, SubmissionError
-from .postprocess import PostprocessParams, class_mask, postprocess_params, postprocess_source, smoothed
+from .postprocess import PostprocessParams, class_mask, postprocess_params, smoothed
 
 log = logging.getLogger("handbone")
 
