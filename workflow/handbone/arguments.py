@@ -47,6 +47,18 @@ def use_weights_cache(folder: str | None, online: bool) -> None:
             constants.HF_HUB_CACHE = os.environ["HF_HUB_CACHE"]
 
 
+def section_argument(parser, section: str, example: str = "") -> None:
+    """``--options``: one config section as JSON, which the command completes
+    with config.yaml's values and checks (``config.section``)."""
+    example = f", e.g. {example}" if example else ""
+    parser.add_argument(
+        "--options",
+        type=json_argument,
+        default={},
+        help=f"{section} section as JSON{example} (what it leaves out: config.yaml's)",
+    )
+
+
 def image_source(sub):
     """The images of a predict or overlays command (``predict.images_of``)."""
     sub.add_argument("--index", help="index CSV; the images of --split (or of --fold's validation part)")

@@ -32,7 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
-from .arguments import json_argument, progress
+from .arguments import progress, section_argument
 from .atomic import atomic_path
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
@@ -202,11 +202,6 @@ def preprocess_command(args) -> None:
 def preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(function=preprocess_command)
     parser.add_argument("--index", required=True)
-    parser.add_argument(
-        "--options",
-        type=json_argument,
-        default={},
-        help='preprocess section as JSON, e.g. \'{"clahe": {"enabled": false}}\' (what it leaves out: config.yaml\'s)',
-    )
+    section_argument(parser, "preprocess", '\'{"clahe": {"enabled": false}}\'')
     parser.add_argument("--frames", help="frames CSV (rule frames); without it each image's frame is estimated from it")
     parser.add_argument("--out", required=True, help="cache folder")

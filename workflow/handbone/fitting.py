@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config, probmaps
-from .arguments import json_argument, oof_source, progress
+from .arguments import oof_source, progress, section_argument
 from .atomic import write_json, write_table
 from .cache import original_labels
 from .classes import CLASSES, NUM_CLASSES
@@ -413,9 +413,7 @@ def fit_ensemble_command(args) -> None:
 def fit_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(function=fit_ensemble_command)
     oof_source(parser)
-    parser.add_argument(
-        "--options", type=json_argument, default={}, help="ensemble section as JSON (what it leaves out: config.yaml's)"
-    )
+    section_argument(parser, "ensemble")
     parser.add_argument("--out", required=True, help="weights.json to write")
     parser.add_argument("--table", required=True, help="CSV of OOF Dice per model and ensemble")
 
@@ -441,12 +439,7 @@ def fit_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
     oof_source(parser)
     parser.add_argument("--ensemble", required=True, help="weights.json written by fit-ensemble")
     parser.add_argument("--ensemble-table", help="fit-ensemble's CSV, put in front of this step's rows")
-    parser.add_argument(
-        "--options",
-        type=json_argument,
-        default={},
-        help="postprocess section as JSON (what it leaves out: config.yaml's)",
-    )
+    section_argument(parser, "postprocess")
     parser.add_argument("--out", required=True, help="params.json to write")
     parser.add_argument("--table", required=True, help="CSV of OOF Dice after each step")
     parser.add_argument("--figure", help="PNG of the OOF Dice per class of the models and the final ensemble")

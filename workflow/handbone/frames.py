@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import config
-from .arguments import json_argument, progress
+from .arguments import progress, section_argument
 from .atomic import write_table
 from .data import mask_for_row, read_image, read_index
 from .errors import DataError
@@ -457,10 +457,5 @@ def frames_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(function=frames_command)
     parser.add_argument("--index", required=True)
     parser.add_argument("--image-stats", required=True, help="the EDA's image_stats.csv (the side from the labels)")
-    parser.add_argument(
-        "--options",
-        type=json_argument,
-        default={},
-        help="preprocess section as JSON (what it leaves out: config.yaml's)",
-    )
+    section_argument(parser, "preprocess")
     parser.add_argument("--out", required=True, help="frames CSV")

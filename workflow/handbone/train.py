@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import config
-from .arguments import json_argument, progress
+from .arguments import json_argument, progress, section_argument
 from .atomic import atomic_path
 from .cache import CacheEntry, verify_cache
 from .classes import CLASSES
@@ -618,12 +618,7 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-spec", type=json_argument, required=True, help='JSON, e.g. \'{"arch": "Unet", "encoder": "resnet18"}\''
     )
-    parser.add_argument(
-        "--options",
-        type=json_argument,
-        default={},
-        help="train section as JSON, e.g. '{\"epochs\": 5}' (what it leaves out: config.yaml's)",
-    )
+    section_argument(parser, "train", "'{\"epochs\": 5}'")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
